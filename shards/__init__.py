@@ -1,0 +1,1 @@
+"""WebDataset shards: the sample format (format.py), the writer and the reader."""

@@ -1,0 +1,20 @@
+"""Shared test fixtures: the real media folder and a per-session folder of synthesised media."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.media import ENV_VAR, media_available, media_dir
+
+
+@pytest.fixture(scope="session")
+def media() -> Path:
+    """The real sample media; skips when absent, fails under CI=true."""
+    if not media_available():
+        msg = f"real media not found at {media_dir()} (set {ENV_VAR})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg + "; CI=true requires it")
+        pytest.skip(msg)
+    return media_dir()
