@@ -1,0 +1,229 @@
+"""The input videos of a run, and the ids that name them.
+
+An input spec is one of:
+
+* a folder (local, ``file://``, ``s3://``, ``gs://``): every video file below it, recursively
+  (extensions in ``VIDEO_EXTENSIONS``, any case), sorted by path;
+* a ``.txt`` list: one path or URI per line, blank lines and ``#`` comments ignored;
+* a ``.csv`` or ``.parquet`` table with a ``path`` column (or ``source`` / ``url``) and optional
+  ``dataset``, ``language`` and ``speaker`` columns that are carried into the manifests.
+
+Relative paths inside a list resolve against the folder holding the list, so a list travels
+with its videos. Every filesystem goes through ``pyarrow.fs``, so anything it can open works.
+
+Ids are pure functions of the source, so re-runs and resumes agree on them:
+``video_id`` is a uuid5 of the normalised source URI, ``clip_id`` a uuid5 of the video id and
+the span in whole milliseconds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+LIST_EXTENSIONS = (".txt", ".csv", ".parquet")
+SOURCE_COLUMNS = ("path", "source", "url")  # first one present names the video
+OPTIONAL_COLUMNS = ("dataset", "language", "speaker")
+
+
+class InputError(ValueError):
+    """The input spec cannot be turned into a list of videos (the message says why)."""
+
+
+@dataclass(frozen=True)
+class InputVideo:
+    """One video to process: where it is, plus the labels carried into the manifests."""
+
+    source: str
+    dataset: str | None = None
+    language: str | None = None
+    speaker: str | None = None
+
+    @property
+    def video_id(self) -> str:
+        return video_id(self.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs and filesystems
+
+
+def has_scheme(source: str) -> bool:
+    """True for ``scheme://...`` URIs (s3, gs, file, ...); plain paths have none."""
+    return "://" in source
+
+
+def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem holding ``source`` and the path inside it.
+
+    Plain paths (relative ones against the working directory) use the local filesystem.
+    """
+    if has_scheme(source):
+        try:
+            return pafs.FileSystem.from_uri(source)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise InputError(f"cannot open filesystem for {source!r}: {exc}") from exc
+    return pafs.LocalFileSystem(), os.path.abspath(source)
+
+
+def _uri_prefix(source: str) -> str:
+    """What to put before a filesystem path to name it again: ``s3://`` for S3, nothing locally."""
+    if not has_scheme(source):
+        return ""
+    scheme = source.split("://", 1)[0].lower()
+    return "" if scheme == "file" else scheme + "://"
+
+
+def normalise_uri(source: str) -> str:
+    """A canonical URI for ``source``: local paths become absolute ``file://`` URIs.
+
+    Remote URIs keep their text, with the scheme lower-cased and duplicate slashes in the
+    path collapsed, so ``s3://b/x//y.mp4`` and ``S3://b/x/y.mp4`` name the same video.
+    """
+    if has_scheme(source):
+        scheme, rest = source.split("://", 1)
+        scheme = scheme.lower()
+        if scheme == "file":  # file:///p or file://host/p, maybe percent-encoded
+            path = unquote(rest if rest.startswith("/") else "/" + rest.partition("/")[2])
+            return Path(os.path.normpath(path)).as_uri()
+        head, sep, tail = rest.partition("/")
+        return f"{scheme}://{head}{sep}{posixpath.normpath(tail) if tail else ''}"
+    return Path(os.path.abspath(source)).as_uri()
+
+
+def video_id(source: str) -> str:
+    """uuid5 (URL namespace) of the normalised source URI."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, normalise_uri(source)))
+
+
+def span_ms(seconds: float) -> int:
+    """Seconds to whole milliseconds, halves rounded up, as used in clip ids.
+
+    Rounds the decimal text of the float (``repr``), so 16.2505 s is 16251 ms although the
+    nearest binary float lies just below it.
+    """
+    return int((Decimal(repr(float(seconds))) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def clip_id(source: str, start_s: float, end_s: float) -> str:
+    """uuid5 of ``"{video_id}:{start_ms}:{end_ms}"``: spans equal to the millisecond share an id."""
+    key = f"{video_id(source)}:{span_ms(start_s)}:{span_ms(end_s)}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing
+
+
+def list_inputs(spec: str | os.PathLike) -> list[InputVideo]:
+    """The videos named by ``spec`` (a folder or a .txt/.csv/.parquet list); see the module doc.
+
+    Duplicated sources are kept once (the first occurrence, with its labels). Raises
+    ``InputError`` for a missing spec, an empty folder or list, a table without a source
+    column, or a list that cannot be read.
+    """
+    spec = os.fspath(spec)
+    fs, path = filesystem_for(spec)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"input spec not found: {spec}")
+    if info.type == pafs.FileType.Directory:
+        videos = _list_folder(fs, path, _uri_prefix(spec))
+        if not videos:
+            raise InputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {spec}")
+    else:
+        suffix = posixpath.splitext(path)[1].lower()
+        if suffix not in LIST_EXTENSIONS:
+            raise InputError(f"input spec must be a folder or a {'/'.join(LIST_EXTENSIONS)} list, got {spec}")
+        videos = _read_list(fs, path, suffix, spec)
+        if not videos:
+            raise InputError(f"the input list {spec} names no videos")
+    return _deduplicate(videos)
+
+
+def _list_folder(fs: pafs.FileSystem, path: str, prefix: str) -> list[InputVideo]:
+    selector = pafs.FileSelector(path, recursive=True)
+    names = sorted(
+        f.path for f in fs.get_file_info(selector)
+        if f.type == pafs.FileType.File and f.path.lower().endswith(VIDEO_EXTENSIONS)
+    )
+    return [InputVideo(source=prefix + name) for name in names]
+
+
+def _read_list(fs: pafs.FileSystem, path: str, suffix: str, spec: str) -> list[InputVideo]:
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path, filesystem=fs)
+            columns, rows = table.column_names, table.to_pylist()
+        else:
+            with fs.open_input_stream(path) as f:
+                text = f.read().decode("utf-8-sig")
+            if suffix == ".txt":
+                columns, rows = ["path"], [{"path": line} for line in text.splitlines()]
+            else:  # csv: every cell stays text, so a speaker "007" is not turned into 7
+                reader = csv.DictReader(io.StringIO(text))
+                rows = list(reader)
+                columns = [c.strip() for c in reader.fieldnames or []]
+                rows = [{(k or "").strip(): v for k, v in row.items()} for row in rows]
+    except (OSError, UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:
+        raise InputError(f"cannot read input list {spec}: {exc}") from exc
+
+    source_col = next((c for c in SOURCE_COLUMNS if c in columns), None)
+    if source_col is None:
+        raise InputError(
+            f"input list {spec} has no {' / '.join(SOURCE_COLUMNS)} column "
+            f"(columns: {', '.join(columns) or 'none'})")
+    base_dir = posixpath.dirname(path)
+    prefix = _uri_prefix(spec)
+    videos = []
+    for row in rows:
+        entry = _text(row.get(source_col)) or ""
+        if not entry or entry.startswith("#"):
+            continue
+        labels = {c: _text(row.get(c)) for c in OPTIONAL_COLUMNS}
+        videos.append(InputVideo(source=_resolve(entry, base_dir, prefix), **labels))
+    return videos
+
+
+def _text(value: object) -> str | None:
+    """A cell as stripped text; empty cells and nulls become None."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _resolve(entry: str, base_dir: str, prefix: str) -> str:
+    """A list entry as a source: URIs and absolute paths as given, others under the list's folder."""
+    if has_scheme(entry):
+        return entry
+    if prefix:  # the list is remote: relative entries live beside it on the same filesystem
+        return prefix + posixpath.normpath(posixpath.join(base_dir, entry))
+    return os.path.normpath(os.path.join(base_dir, entry))
+
+
+def _deduplicate(videos: list[InputVideo]) -> list[InputVideo]:
+    seen: set[str] = set()
+    unique = []
+    for video in videos:
+        key = normalise_uri(video.source)
+        if key in seen:
+            log.warning("input %s is listed more than once; keeping the first entry", video.source)
+            continue
+        seen.add(key)
+        unique.append(video)
+    return unique
