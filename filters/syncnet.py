@@ -1,0 +1,196 @@
+"""SyncNet lip-sync scores (offset, Sync-C, Sync-D) computed as syncnet_python computes them.
+
+The network mirrors syncnet_python's ``S``: an audio tower (``netcnnaud`` 2D convs on MFCC windows,
+``netfcaud``) and a lip tower (``netcnnlip`` 3D convs on 5-frame windows, ``netfclip``), both ending
+in 1024-dim embeddings; keys and shapes match ``syncnet_v2.model``. The released file was saved by an
+old PyTorch without BatchNorm ``num_batches_tracked`` buffers, so exactly those may be absent.
+
+Protocol (syncnet_python's ``evaluate``):
+- video: 25 fps whole-face crops 224x224 in BGR order, values 0..255 as floats, windows of 5 frames;
+- audio: 16 kHz mono int16 samples into ``python_speech_features.mfcc`` with its defaults (13
+  coefficients at 100 Hz); video frame v pairs with MFCC columns 4v .. 4v+20;
+- n = min(frames, samples // 640) - 5 windows (syncnet_python's count, which leaves the last
+  possible window out);
+- for each window, L2 distance (``pairwise_distance``, eps 1e-6) to the audio embeddings at shifts
+  -vshift..+vshift, zero-padded at the ends; mean over windows per shift;
+  offset = vshift - argmin, Sync-D = min, Sync-C = median - min;
+- per-window confidence = median of the mean distances - that window's distance at the best shift
+  (syncnet_python's ``fconf``, which it then smooths with a 9-tap median filter for display).
+
+Sign of the offset: a positive offset means the audio leads the video (the sound of a lip movement
+arrives ``offset`` frames early); audio that lags the video by k frames gives offset = -k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import python_speech_features
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.weights import RANDOM, warn_random, weight_id
+
+FPS = 25
+SAMPLE_RATE = 16_000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+CROP_SIZE = 224
+WINDOW_FRAMES = 5
+MFCC_PER_FRAME = 4  # 100 Hz MFCC / 25 fps
+MFCC_WINDOW = 20
+EMBED_DIM = 1024
+
+
+def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list[nn.Module]:
+    return [conv, bn, nn.ReLU(inplace=True)]
+
+
+class SyncNet(nn.Module):
+    """syncnet_python's ``S``; Sequential indices match the checkpoint's keys."""
+
+    def __init__(self, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        self.netcnnaud = nn.Sequential(
+            *_conv_bn_relu(nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64)),            # 0-2
+            nn.MaxPool2d(kernel_size=1, stride=1),                                           # 3
+            *_conv_bn_relu(nn.Conv2d(64, 192, 3, padding=1), nn.BatchNorm2d(192)),           # 4-6
+            nn.MaxPool2d(kernel_size=3, stride=(1, 2)),                                      # 7
+            *_conv_bn_relu(nn.Conv2d(192, 384, 3, padding=1), nn.BatchNorm2d(384)),          # 8-10
+            *_conv_bn_relu(nn.Conv2d(384, 256, 3, padding=1), nn.BatchNorm2d(256)),          # 11-13
+            *_conv_bn_relu(nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256)),          # 14-16
+            nn.MaxPool2d(kernel_size=3, stride=2),                                           # 17
+            *_conv_bn_relu(nn.Conv2d(256, 512, (5, 4)), nn.BatchNorm2d(512)),                # 18-20
+        )
+        self.netfcaud = nn.Sequential(
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim),
+        )
+        self.netfclip = nn.Sequential(
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim),
+        )
+        self.netcnnlip = nn.Sequential(
+            *_conv_bn_relu(nn.Conv3d(3, 96, (5, 7, 7), stride=(1, 2, 2)), nn.BatchNorm3d(96)),               # 0-2
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),                                          # 3
+            *_conv_bn_relu(nn.Conv3d(96, 256, (1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),
+                           nn.BatchNorm3d(256)),                                                            # 4-6
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),                       # 7
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),         # 8-10
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),         # 11-13
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),         # 14-16
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),                                          # 17
+            *_conv_bn_relu(nn.Conv3d(256, 512, (1, 6, 6)), nn.BatchNorm3d(512)),                            # 18-20
+        )
+        self.weight_id = RANDOM
+
+    def forward_audio(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """MFCC windows (B, 1, 13, 20) -> embeddings (B, 1024)."""
+        return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
+
+    def forward_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """BGR 0..255 windows (B, 3, 5, 224, 224) -> embeddings (B, 1024)."""
+        return self.netfclip(self.netcnnlip(frames).flatten(1))
+
+
+def load_syncnet(weights: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> SyncNet:
+    """Build SyncNet in eval mode from ``syncnet_v2.model`` or ``"random"``.
+
+    Every key must be present with its shape, except the BatchNorm ``num_batches_tracked``
+    buffers, which the released file lacks (they play no part at inference); no extra keys.
+    """
+    if str(weights) == RANDOM:
+        warn_random("syncnet_v2")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = SyncNet()
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"SyncNet weights not found: {path} (see `python -m pipeline.weights verify`)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        model = SyncNet()
+        expected = set(model.state_dict())
+        missing = sorted(k for k in expected - set(state) if not k.endswith(".num_batches_tracked"))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{path} is not a syncnet_v2 state dict: missing {missing[:8]}"
+                             f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                             f"{'...' if len(unexpected) > 8 else ''}")
+        try:
+            model.load_state_dict(state, strict=False)
+        except RuntimeError as e:
+            raise ValueError(f"{path} does not match the SyncNet architecture:\n{e}") from None
+        model.weight_id = weight_id(path)
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """offset (frames; > 0: audio leads), conf (Sync-C), dist (Sync-D), frame_conf (n_windows,),
+    dists (2*vshift+1,) mean distance per shift, from -vshift to +vshift audio frames."""
+
+    offset: int
+    conf: float
+    dist: float
+    frame_conf: np.ndarray
+    dists: np.ndarray
+
+
+def score_embeddings(video: np.ndarray | torch.Tensor, audio: np.ndarray | torch.Tensor,
+                     vshift: int = 15) -> SyncResult:
+    """The scoring math alone: paired window embeddings (n, D) -> SyncResult."""
+    video = torch.as_tensor(video, dtype=torch.float32)
+    audio = torch.as_tensor(audio, dtype=torch.float32)
+    if video.ndim != 2 or video.shape != audio.shape or len(video) == 0:
+        raise ValueError(f"need two equal non-empty (n, D) embeddings, got {tuple(video.shape)} "
+                         f"and {tuple(audio.shape)}")
+    n, width = len(video), 2 * vshift + 1
+    padded = F.pad(audio, (0, 0, vshift, vshift))
+    candidates = padded[torch.arange(n)[:, None] + torch.arange(width)[None, :]]  # (n, width, D)
+    dists = F.pairwise_distance(video[:, None, :].expand_as(candidates), candidates)  # (n, width)
+    mean_dist = dists.mean(0)
+    min_dist, best = torch.min(mean_dist, 0)
+    median = torch.median(mean_dist)
+    return SyncResult(
+        offset=int(vshift - best),
+        conf=float(median - min_dist),
+        dist=float(min_dist),
+        frame_conf=(median - dists[:, best]).numpy(),
+        dists=mean_dist.numpy(),
+    )
+
+
+def mfcc_columns(audio: np.ndarray) -> np.ndarray:
+    """float32 16 kHz mono in [-1, 1] -> MFCC (13, n_columns), from int16-scaled samples."""
+    samples = np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+    return python_speech_features.mfcc(samples, SAMPLE_RATE).T
+
+
+def sync_scores(model: SyncNet, crops: np.ndarray, audio: np.ndarray, vshift: int = 15,
+                batch_size: int = 64) -> SyncResult:
+    """Score lip sync of 25 fps RGB face crops (T, 224, 224, 3) uint8 against 16 kHz mono audio."""
+    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
+        raise ValueError(f"expected uint8 RGB crops (T, {CROP_SIZE}, {CROP_SIZE}, 3), got {crops.dtype} {crops.shape}")
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"expected float mono audio (N,), got {audio.dtype} {audio.shape}")
+    n_windows = min(len(crops), len(audio) // SAMPLES_PER_FRAME) - WINDOW_FRAMES
+    if n_windows < 1:
+        raise ValueError(f"too short for SyncNet: {len(crops)} frames, {len(audio) / SAMPLE_RATE:.2f} s of audio "
+                         f"(needs at least {WINDOW_FRAMES + 1} frames of both)")
+    mfcc = torch.from_numpy(mfcc_columns(audio).astype(np.float32))
+    device = next(model.parameters()).device
+    video_emb, audio_emb = [], []
+    with torch.inference_mode():
+        for start in range(0, n_windows, batch_size):
+            stop = min(n_windows, start + batch_size)
+            bgr = np.ascontiguousarray(crops[start:stop + WINDOW_FRAMES - 1, :, :, ::-1])
+            frames = torch.from_numpy(bgr).to(device).float().permute(3, 0, 1, 2)  # (3, frames, H, W)
+            windows = frames.unfold(1, WINDOW_FRAMES, 1).permute(1, 0, 4, 2, 3)   # (n, 3, 5, H, W)
+            video_emb.append(model.forward_video(windows.contiguous()).cpu())
+            cols = torch.stack([mfcc[:, MFCC_PER_FRAME * v:MFCC_PER_FRAME * v + MFCC_WINDOW]
+                                for v in range(start, stop)])[:, None]  # (n, 1, 13, 20)
+            audio_emb.append(model.forward_audio(cols.to(device)).cpu())
+    return score_embeddings(torch.cat(video_emb), torch.cat(audio_emb), vshift)
