@@ -21,16 +21,19 @@ class SampleError(ValueError):
     """A sample whose members are missing or undecodable."""
 
 
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+def decode_sample(raw: dict[str, Any], with_audio: bool = True) -> dict[str, Any]:
+    """Decode every member; ``with_audio=False`` leaves the FLAC out (``audio`` is None), as the trainer
+    reads only the cached features and decoding the FLAC would be most of its loading time."""
     key = raw.get("__key__", "?")
-    missing = [m for m in MEMBERS if m not in raw]
+    missing = [m for m in MEMBERS if m not in raw and (with_audio or m != "audio.flac")]
     if missing:
         raise SampleError(f"sample {key}: missing members {missing}")
     try:
         with np.load(io.BytesIO(raw["motion.npz"]), allow_pickle=False) as npz:
             motion = {name: npz[name] for name in npz.files}
         audio_feat = np.load(io.BytesIO(raw["audio_feat.npy"]), allow_pickle=False)
-        audio, rate = sf.read(io.BytesIO(raw["audio.flac"]), dtype="int16")
+        audio, rate = sf.read(io.BytesIO(raw["audio.flac"]), dtype="int16") if with_audio \
+            else (None, None)
         meta = json.loads(raw["json"])
     except Exception as exc:  # any decoding failure means a corrupt member
         raise SampleError(f"sample {key}: cannot decode ({type(exc).__name__}: {exc})") from exc

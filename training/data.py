@@ -1,0 +1,458 @@
+"""Training windows streamed from WebDataset shards, never holding the dataset in memory.
+
+The stream, per loader worker and per rank::
+
+    shards (resampled forever for training; listed once for validation)
+      -> tar samples (a truncated or corrupt shard or sample is skipped and counted)
+      -> clips: split filter on the metadata first, then decode, the 70-dim vector, normalisation
+      -> clip shuffle buffer
+      -> window pool: a few decoded clips at a time; each clip yields a budget of windows
+         (``coverage * frames / window``, times its dataset's oversampling factor) drawn at random
+         starts, so one decode feeds many windows and memory stays flat
+      -> batches assembled straight from the clips' arrays.
+
+A window is ``w_pre`` frames of previous context then ``w_cur`` current frames. A window starting
+at frame 0 is a *first window*: it has no context (the model substitutes its start tokens) and the
+context frames are masked out of the loss. With probability ``truncate_prob`` the current part is
+cut short, as the last window of an utterance is at inference; frames past the cut (or past the
+clip's end) carry zero motion and zero audio and are masked. Validation tiles each clip exactly as
+:func:`training.diffusion.generate` does.
+
+Determinism: every worker's stream is a pure function of (seed, rank, worker), so a resumed run
+regenerates it and discards the batches already consumed (``consumed_batches``), which reproduces
+the straight run exactly. With a manifest (which says which shards hold training clips) the shards
+are split across ranks and each rank resamples its own share; without one every rank resamples all
+of them with its own seed. Loader workers resample independently with their own seeds.
+
+Per-dataset mixing: the paper oversamples so that each dataset contributes equally. The manifest
+gives each dataset's training frames; a clip's window budget is multiplied by
+``share_wanted / share_actual`` (shares from ``data.dataset_weights``, equal by default).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards.reader import SampleError, decode_sample
+from shards.vector import VECTOR_DIM, motion_to_vector
+from training.model import ModelConfig
+from training.normalize import Normalizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+class FeatureWidthError(ValueError):
+    """Audio features whose width does not match the model (a configuration error, never skipped)."""
+
+
+class DataStreamError(RuntimeError):
+    """A stream that only fails, or finds no clip of its split: it would otherwise spin forever."""
+
+
+@dataclass
+class DataInputs:
+    """Where the pipeline's output lives: shards per split, the stats file and the manifest."""
+
+    root: Path
+    shards: dict[str, list[str]]
+    stats_path: Path
+    manifest_path: Path | None
+
+
+def find_inputs(root: str | Path, stats: str | Path | None = None,
+                manifest: str | Path | None = None) -> DataInputs:
+    """Locate ``root/shards/*.tar`` (or ``root/*.tar``), ``root/stats.json`` and the clips manifest.
+
+    With a manifest, each split reads only the shards holding its kept clips; without one, both
+    splits read every shard and the per-sample ``meta["split"]`` decides.
+    """
+    root = Path(root)
+    shard_dir = root / "shards" if (root / "shards").is_dir() else root
+    paths = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    if not paths:
+        raise FileNotFoundError(f"no shards (*.tar) found in {shard_dir}")
+    stats_path = Path(stats) if stats else root / "stats.json"
+    manifest_path = Path(manifest) if manifest else root / "manifests" / "clips.parquet"
+    shards = {split: list(paths) for split in SPLITS}
+    if manifest_path.is_file():
+        clips = read_kept_clips(manifest_path)
+        by_name = {Path(p).name: p for p in paths}
+        for split in SPLITS:
+            names = sorted(set(clips.loc[clips["split"] == split, "shard"].dropna()))
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                log.warning("%d %s shard(s) named in %s are not in %s, e.g. %s", len(missing), split,
+                            manifest_path, shard_dir, missing[0])
+            shards[split] = [by_name[n] for n in names if n in by_name]
+    else:
+        manifest_path = None
+    return DataInputs(root, shards, stats_path, manifest_path)
+
+
+def read_kept_clips(manifest_path: str | Path) -> pd.DataFrame:
+    clips = pd.read_parquet(manifest_path, columns=["dataset", "n_frames", "kept", "split", "shard"])
+    return clips[clips["kept"].fillna(False).astype(bool)]
+
+
+def dataset_multipliers(manifest_path: str | Path | None, weights: dict[str, float]) -> dict[str, float]:
+    """Oversampling factor per dataset so each contributes its wanted share of training frames.
+
+    ``weights`` are relative shares (a dataset not named gets 1.0; 0 leaves it out); empty means
+    equal shares. Without a manifest the natural proportions are kept, unless weights were asked for.
+    """
+    if manifest_path is None:
+        if weights:
+            raise ValueError("data.dataset_weights needs the clips manifest to know each dataset's size")
+        return {}
+    clips = read_kept_clips(manifest_path)
+    frames = clips[clips["split"] == "train"].groupby("dataset")["n_frames"].sum()
+    frames = frames[frames > 0]
+    if frames.empty:
+        return {}
+    unknown = sorted(set(weights) - set(frames.index))
+    if unknown:
+        raise ValueError(f"data.dataset_weights names datasets absent from the training split: {unknown}")
+    wanted = {d: float(weights.get(d, 1.0)) for d in frames.index}
+    total_wanted, total_frames = sum(wanted.values()), float(frames.sum())
+    if total_wanted <= 0:
+        raise ValueError("data.dataset_weights leaves no dataset to train on")
+    return {d: (wanted[d] / total_wanted) / (float(frames[d]) / total_frames) for d in frames.index}
+
+
+class StreamHealth:
+    """What a stream skipped, and a stop for a stream that makes no progress.
+
+    Used as the WebDataset exception handler: an unreadable shard or sample is skipped and counted,
+    a configuration error is raised. A stream that only fails, or that keeps opening shards without
+    finding a single clip of its split (shards of another split only), stops with an error
+    instead of spinning forever.
+    """
+
+    def __init__(self, max_consecutive_errors: int, max_visits_without_clip: int):
+        self.errors = 0
+        self.consecutive_errors = 0
+        self.visits_without_clip = 0
+        self.max_consecutive_errors = max_consecutive_errors
+        self.max_visits_without_clip = max_visits_without_clip
+
+    def handler(self, exn: Exception) -> bool:
+        if isinstance(exn, (FeatureWidthError, DataStreamError)):
+            raise exn
+        self.errors += 1
+        self.consecutive_errors += 1
+        if self.errors <= 10 or self.errors % 100 == 0:
+            log.warning("skipped unreadable shard data (%d so far): %s: %s",
+                        self.errors, type(exn).__name__, str(exn)[:300])
+        if self.consecutive_errors >= self.max_consecutive_errors:
+            raise DataStreamError(f"{self.consecutive_errors} shard or sample errors in a row and no "
+                                  f"readable sample; last: {type(exn).__name__}: {exn}")
+        return True
+
+    def count_visits(self, shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass shard urls through, counting the visits since the last clip."""
+        for shard in shards:
+            self.visits_without_clip += 1
+            if self.visits_without_clip > self.max_visits_without_clip:
+                raise DataStreamError(f"{self.max_visits_without_clip} shard visits without a clip "
+                                      "of the wanted split: these shards hold none (check meta['split'])")
+            yield shard
+
+    def decoded(self) -> None:
+        self.consecutive_errors = 0
+
+    def found_clip(self) -> None:
+        self.visits_without_clip = 0
+
+
+@dataclass
+class Clip:
+    key: str
+    motion: np.ndarray   # (T, 70) float32, normalised
+    audio: np.ndarray    # (T, D) float16, as stored (normalised on the training device)
+    dataset: str
+
+    def __len__(self) -> int:
+        return self.motion.shape[0]
+
+
+def decode_clip(raw: dict[str, Any], split: str, normalizer: Normalizer, audio_dim: int) -> Clip | None:
+    """One tar sample -> a Clip of the wanted split, or None for another split (not decoded)."""
+    key = raw.get("__key__", "?")
+    if "json" not in raw:
+        raise SampleError(f"sample {key}: no json member")
+    meta = json.loads(raw["json"])
+    if "split" not in meta:
+        raise SampleError(f"sample {key}: meta has no 'split'")
+    if meta["split"] != split:
+        return None
+    sample = decode_sample(raw, with_audio=False)
+    motion = motion_to_vector(sample["motion"])
+    audio = sample["audio_feat"]
+    if audio.ndim != 2 or audio.shape[1] != audio_dim:
+        raise FeatureWidthError(f"sample {key} has audio features of shape {audio.shape}; the model "
+                                f"expects width {audio_dim} (model.audio_dim)")
+    if audio.shape[0] != motion.shape[0] or motion.shape[0] < 1:
+        raise SampleError(f"sample {key}: {motion.shape[0]} motion frames, {audio.shape[0]} audio frames")
+    if not np.isfinite(motion).all():
+        raise SampleError(f"sample {key}: motion holds NaN or Inf")
+    return Clip(key, normalizer.normalize(motion), audio.astype(np.float16, copy=False),
+                str(meta.get("dataset", "unknown")))
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    clip: Clip
+    start: int      # first frame of the current part
+    n_cur: int      # valid current frames (w_cur unless truncated or at the clip's end)
+    first: bool     # start == 0: no previous context
+
+
+class WindowSampler:
+    """Where windows fall in a clip: random (training) or tiled like inference (validation)."""
+
+    def __init__(self, w_pre: int, w_cur: int, truncate_prob: float = 0.35, min_cur: int = 5,
+                 first_window_prob: float = 0.15):
+        self.w_pre, self.w_cur = w_pre, w_cur
+        self.truncate_prob, self.min_cur = truncate_prob, min(min_cur, w_cur)
+        self.first_window_prob = first_window_prob
+
+    def draw(self, clip: Clip, rng: np.random.Generator) -> WindowSpec:
+        n_frames = len(clip)
+        if n_frames <= self.w_pre or rng.random() < self.first_window_prob:
+            start = 0
+        else:
+            start = int(rng.integers(self.w_pre, max(self.w_pre, n_frames - self.w_cur) + 1))
+        n_cur = min(self.w_cur, n_frames - start)
+        if n_cur > self.min_cur and rng.random() < self.truncate_prob:
+            n_cur = int(rng.integers(self.min_cur, n_cur))
+        return WindowSpec(clip, start, n_cur, start == 0)
+
+    def tile(self, clip: Clip) -> list[WindowSpec]:
+        n_frames = len(clip)
+        return [WindowSpec(clip, s, min(self.w_cur, n_frames - s), s == 0)
+                for s in range(0, n_frames, self.w_cur)]
+
+
+def assemble_batch(specs: list[WindowSpec], w_pre: int, w_cur: int) -> dict[str, torch.Tensor]:
+    """Copy each window's frames from its clip into zero-padded batch arrays.
+
+    ``motion`` (B, L, 70) float32 normalised; ``audio`` (B, L, D) float16 raw; ``valid`` (B, L)
+    bool; ``first`` (B,) bool, with L = w_pre + w_cur.
+    """
+    window = w_pre + w_cur
+    audio_dim = specs[0].clip.audio.shape[1]
+    motion = np.zeros((len(specs), window, VECTOR_DIM), np.float32)
+    audio = np.zeros((len(specs), window, audio_dim), np.float16)
+    valid = np.zeros((len(specs), window), bool)
+    first = np.zeros(len(specs), bool)
+    for i, spec in enumerate(specs):
+        lo = spec.start if spec.first else spec.start - w_pre
+        offset = w_pre if spec.first else 0
+        hi = spec.start + spec.n_cur
+        span = slice(offset, offset + hi - lo)
+        motion[i, span] = spec.clip.motion[lo:hi]
+        audio[i, span] = spec.clip.audio[lo:hi]
+        valid[i, span] = True
+        first[i] = spec.first
+    return {"motion": torch.from_numpy(motion), "audio": torch.from_numpy(audio),
+            "valid": torch.from_numpy(valid), "first": torch.from_numpy(first)}
+
+
+@dataclass
+class ModelBatch:
+    x0: torch.Tensor      # (B, L, 70) normalised clean motion, zero where invalid
+    audio: torch.Tensor   # (B, L, D) normalised audio, zero where invalid
+    valid: torch.Tensor   # (B, L) bool
+    first: torch.Tensor   # (B,) bool
+
+
+def to_model_inputs(batch: dict[str, torch.Tensor], normalizer: Normalizer,
+                    device: torch.device | str) -> ModelBatch:
+    valid = batch["valid"].to(device, non_blocking=True)
+    audio = normalizer.normalize_audio(batch["audio"].to(device, non_blocking=True).float())
+    return ModelBatch(x0=batch["motion"].to(device, non_blocking=True),
+                      audio=audio * valid[..., None], valid=valid,
+                      first=batch["first"].to(device, non_blocking=True))
+
+
+def wanted_member(name: str) -> bool:
+    """Tar members the trainer reads: everything but the raw audio (features are cached)."""
+    return not name.endswith(".audio.flac")
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def batches_from_worker(consumed: int, worker: int, num_workers: int) -> int:
+    """How many of the first ``consumed`` batches came from ``worker`` (the loader alternates)."""
+    return max(0, (consumed - worker + num_workers - 1) // num_workers)
+
+
+class WindowStream(IterableDataset):
+    """Batches of training (``resample=True``, endless) or validation (one pass) windows."""
+
+    def __init__(self, urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig,
+                 data_cfg: Any, split: str, seed: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1, resample: bool = True, consumed_batches: int = 0,
+                 multipliers: dict[str, float] | None = None, split_by_rank: bool = False):
+        if not urls:
+            raise FileNotFoundError(f"no shards hold '{split}' clips")
+        self.urls = list(urls)
+        self.normalizer = normalizer
+        self.model_cfg = model_cfg
+        self.data_cfg = data_cfg
+        self.split = split
+        self.seed = seed
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.resample = resample
+        self.consumed_batches = consumed_batches
+        self.multipliers = multipliers or {}
+        self.split_by_rank = split_by_rank
+        self.sampler = WindowSampler(model_cfg.w_pre, model_cfg.w_cur, data_cfg.truncate_prob,
+                                     data_cfg.min_cur, data_cfg.first_window_prob)
+
+    def rank_urls(self) -> list[str]:
+        """This rank's shards: a disjoint share when the shards are known to hold this split's
+        clips (from the manifest) and there are enough to go round; otherwise all of them."""
+        if self.split_by_rank and len(self.urls) >= self.world_size:
+            return self.urls[self.rank::self.world_size]
+        return self.urls
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        loader_worker, num_workers = _worker()
+        # The DataLoader takes batches from its workers in turn, starting with worker 0. After
+        # ``consumed`` batches the next one is due from stream ``consumed % num_workers``, so a
+        # resumed loader's worker w plays that stream's part.
+        worker = (loader_worker + self.consumed_batches) % num_workers if self.resample else loader_worker
+        rng = np.random.default_rng([self.seed, self.rank, worker])
+        # Resampling picks shards at random: a shard holding clips of this split is missed 20 * n
+        # times running with odds below e^-20, so more visits than that mean there is none.
+        health = StreamHealth(self.data_cfg.max_consecutive_errors, 20 * len(self.urls) + 50)
+        if self.resample:
+            stream_id = self.rank * 1000 + worker
+            source = [wds.ResampledShards(self.rank_urls(), seed=self.seed, deterministic=True,
+                                          worker_seed=lambda: stream_id)]
+        else:
+            source = [wds.SimpleShardList(self.urls), wds.split_by_worker]
+        stages = source + [
+            health.count_visits,
+            wds.tarfile_to_samples(handler=health.handler, select_files=wanted_member),
+            functools.partial(self._clips, health=health),
+        ]
+        if self.resample:
+            stages += [wds.shuffle(self.data_cfg.clip_shuffle, initial=self.data_cfg.clip_shuffle,
+                                   rng=random.Random(int(rng.integers(2**62)))),
+                       functools.partial(self._pooled_windows, rng=rng)]
+        else:
+            stages += [self._tiled_windows]
+        skip = batches_from_worker(self.consumed_batches, worker, num_workers) if self.resample else 0
+        for index, specs in enumerate(self._group(wds.DataPipeline(*stages))):
+            if index < skip:
+                continue
+            batch = assemble_batch(specs, self.model_cfg.w_pre, self.model_cfg.w_cur)
+            batch["errors"] = health.errors
+            batch["worker"] = worker
+            yield batch
+
+    def _clips(self, samples: Iterator[dict[str, Any]], health: StreamHealth) -> Iterator[Clip]:
+        for raw in samples:
+            try:
+                clip = decode_clip(raw, self.split, self.normalizer, self.model_cfg.audio_dim)
+            except Exception as exn:  # noqa: BLE001 - the handler decides: skip and count, or raise
+                exn.args = exn.args + (raw.get("__url__"),)
+                health.handler(exn)
+                continue
+            health.decoded()
+            if clip is not None:
+                health.found_clip()
+                yield clip
+
+    def _budget(self, clip: Clip, rng: np.random.Generator) -> int:
+        """Windows to draw from one visit to a clip (stochastically rounded; 0 drops the dataset)."""
+        mult = self.multipliers.get(clip.dataset, 1.0)
+        if mult <= 0:
+            return 0
+        expected = self.data_cfg.coverage * len(clip) / self.model_cfg.window * mult
+        return max(1, int(expected) + int(rng.random() < expected - int(expected)))
+
+    def _pooled_windows(self, clips: Iterator[Clip], rng: np.random.Generator) -> Iterator[WindowSpec]:
+        pool: list[list[Any]] = []  # [clip, windows left]
+        clips = iter(clips)
+        exhausted = False
+        while True:
+            while not exhausted and len(pool) < self.data_cfg.pool_clips:
+                clip = next(clips, None)
+                if clip is None:
+                    exhausted = True
+                elif (budget := self._budget(clip, rng)) > 0:
+                    pool.append([clip, budget])
+            if not pool:
+                return
+            i = int(rng.integers(len(pool)))
+            yield self.sampler.draw(pool[i][0], rng)
+            pool[i][1] -= 1
+            if pool[i][1] == 0:
+                pool[i] = pool[-1]
+                pool.pop()
+
+    def _tiled_windows(self, clips: Iterator[Clip]) -> Iterator[WindowSpec]:
+        for clip in clips:
+            yield from self.sampler.tile(clip)
+
+    def _group(self, specs: Iterator[WindowSpec]) -> Iterator[list[WindowSpec]]:
+        group: list[WindowSpec] = []
+        for spec in specs:
+            group.append(spec)
+            if len(group) == self.batch_size:
+                yield group
+                group = []
+        if group and not self.resample:
+            yield group
+
+
+def make_loader(stream: WindowStream, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over already-batched windows. Its own generator keeps the global RNG untouched.
+
+    With worker processes, torch's tensor sharing is switched to ``file_system`` (process-wide):
+    receiving a batch through named shared-memory files costs the main process about a third of
+    what passing file descriptors does, which decides whether two loader workers keep up.
+    """
+    if num_workers:
+        torch.multiprocessing.set_sharing_strategy("file_system")
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(0),
+                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+
+
+def first_clip(urls: list[str], split: str, normalizer: Normalizer, audio_dim: int,
+               max_consecutive_errors: int = 1000) -> Clip:
+    """The first readable clip of a split, read before training so bad inputs fail before step 1."""
+    health = StreamHealth(max_consecutive_errors, len(urls))
+    samples = wds.DataPipeline(wds.SimpleShardList(urls),
+                               wds.tarfile_to_samples(handler=health.handler, select_files=wanted_member))
+    for raw in samples:
+        try:
+            clip = decode_clip(raw, split, normalizer, audio_dim)
+        except Exception as exn:  # noqa: BLE001 - configuration errors re-raise in the handler
+            health.handler(exn)
+            continue
+        if clip is not None:
+            return clip
+    raise DataStreamError(f"no readable '{split}' clip in {len(urls)} shard(s) "
+                          f"({health.errors} unreadable samples or shards)")

@@ -1,0 +1,156 @@
+"""The denoising network: a transformer decoder that predicts clean motion from noisy motion and audio.
+
+One window holds ``w_pre`` frames of previous-window context followed by ``w_cur`` frames to
+generate (paper §3.3.1, eq. 2). The decoder's self-attention runs over two kinds of motion token:
+
+* ``w_pre`` *context* tokens: the clean motion of the previous window (or, for the first window of a
+  clip, learnable start tokens), and
+* ``w_pre + w_cur`` *noisy* tokens: the diffused motion of the whole window at step ``t``.
+
+Context and noisy tokens of the same frame share that frame's positional encoding and differ by a
+learned type embedding; the diffusion-step embedding (sinusoid then MLP) is added to every token.
+Self-attention is bidirectional: a denoiser sees the whole window at once.
+
+Cross-attention reads the frame-aligned audio features (the previous part's audio, or learnable
+start tokens for a first window, then the current audio). Each motion token may attend only to the
+audio of its own frame (``audio_radius=0``, as the public JoyVASA code does): audio and motion are
+sampled at the same 25 fps, so alignment is known and need not be learned, and the decoder's
+self-attention spreads audio context across frames. ``audio_radius=k`` widens this to ``+-k``
+frames. For classifier-free guidance the whole audio sequence is replaced by a learned null token.
+
+The network predicts ``x0`` for all ``w_pre + w_cur`` frames; the output layer starts at zero so an
+untrained model predicts the dataset mean (zero in normalised units).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    motion_dim: int = 70
+    audio_dim: int = 768
+    width: int = 512
+    layers: int = 6
+    heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.1
+    w_pre: int = 25
+    w_cur: int = 100
+    audio_radius: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.w_cur < self.w_pre:
+            raise ValueError(f"w_cur ({self.w_cur}) must be >= w_pre ({self.w_pre}): each window's "
+                             "context is taken from the window before it")
+        if min(self.motion_dim, self.audio_dim, self.width, self.layers, self.heads,
+               self.ff_mult, self.w_pre, self.w_cur) < 1 or self.audio_radius < 0:
+            raise ValueError(f"model sizes must be positive: {self}")
+
+    @property
+    def window(self) -> int:
+        """Frames per window: previous context plus current part."""
+        return self.w_pre + self.w_cur
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoids: positions (N,) -> (N, dim), sin in the first half, cos in the second."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32,
+                                                         device=positions.device) / half)
+    angles = positions.float()[:, None] * freqs[None]
+    enc = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        enc = torch.nn.functional.pad(enc, (0, 1))
+    return enc
+
+
+def audio_attention_mask(w_pre: int, window: int, radius: int) -> torch.Tensor:
+    """Boolean (w_pre + window, window) mask, True where a motion token may NOT attend an audio frame.
+
+    Rows are the context tokens (frames 0..w_pre-1) then the noisy tokens (frames 0..window-1);
+    each row may see the audio frames within ``radius`` of its own frame.
+    """
+    token_frame = torch.cat([torch.arange(w_pre), torch.arange(window)])
+    audio_frame = torch.arange(window)
+    return (token_frame[:, None] - audio_frame[None, :]).abs() > radius
+
+
+class MotionDenoiser(nn.Module):
+    """``forward(x_t, t, prev_motion, audio, first_window, drop_audio) -> x0_hat``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        width, window = cfg.width, cfg.window
+        self.noisy_in = nn.Linear(cfg.motion_dim, width)
+        self.context_in = nn.Linear(cfg.motion_dim, width)
+        self.audio_in = nn.Linear(cfg.audio_dim, width)
+        self.start_motion = nn.Parameter(0.02 * torch.randn(cfg.w_pre, cfg.motion_dim))
+        self.start_audio = nn.Parameter(0.02 * torch.randn(cfg.w_pre, cfg.audio_dim))
+        self.null_audio = nn.Parameter(0.02 * torch.randn(cfg.audio_dim))
+        self.token_type = nn.Parameter(0.02 * torch.randn(2, width))  # 0: context, 1: noisy
+        self.step_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        layer = nn.TransformerDecoderLayer(
+            d_model=width, nhead=cfg.heads, dim_feedforward=cfg.ff_mult * width,
+            dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
+        self.decoder = nn.TransformerDecoder(layer, num_layers=cfg.layers, norm=nn.LayerNorm(width))
+        self.out = nn.Linear(width, cfg.motion_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("frame_pos", sinusoidal_encoding(torch.arange(window), width),
+                             persistent=False)
+        self.register_buffer("memory_mask", audio_attention_mask(cfg.w_pre, window, cfg.audio_radius),
+                             persistent=False)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, prev_motion: torch.Tensor,
+                audio: torch.Tensor, first_window: torch.Tensor,
+                drop_audio: torch.Tensor) -> torch.Tensor:
+        """Predict clean motion for the whole window.
+
+        x_t (B, w_pre+w_cur, motion_dim) noisy motion; t (B,) integer diffusion steps;
+        prev_motion (B, w_pre, motion_dim) clean motion of the previous window's last frames;
+        audio (B, w_pre+w_cur, audio_dim) frame-aligned, normalised features;
+        first_window (B,) bool: replace prev_motion and the previous part of ``audio`` by start tokens;
+        drop_audio (B,) bool: replace all audio by the null token. Returns (B, w_pre+w_cur, motion_dim).
+        """
+        cfg = self.cfg
+        batch = x_t.shape[0]
+        expected = {"x_t": (batch, cfg.window, cfg.motion_dim),
+                    "prev_motion": (batch, cfg.w_pre, cfg.motion_dim),
+                    "audio": (batch, cfg.window, cfg.audio_dim)}
+        for name, tensor in (("x_t", x_t), ("prev_motion", prev_motion), ("audio", audio)):
+            if tuple(tensor.shape) != expected[name]:
+                raise ValueError(f"{name} must have shape {expected[name]}, got {tuple(tensor.shape)}")
+
+        first = first_window.view(batch, 1, 1).bool()
+        prev_motion = torch.where(first, self.start_motion.to(prev_motion.dtype), prev_motion)
+        prev_audio = torch.where(first, self.start_audio.to(audio.dtype), audio[:, :cfg.w_pre])
+        audio = torch.cat([prev_audio, audio[:, cfg.w_pre:]], dim=1)
+        audio = torch.where(drop_audio.view(batch, 1, 1).bool(), self.null_audio.to(audio.dtype), audio)
+
+        step = self.step_mlp(sinusoidal_encoding(t, cfg.width))[:, None]
+        context = self.context_in(prev_motion) + self.frame_pos[:cfg.w_pre] + self.token_type[0]
+        noisy = self.noisy_in(x_t) + self.frame_pos + self.token_type[1]
+        tokens = torch.cat([context, noisy], dim=1) + step
+        memory = self.audio_in(audio) + self.frame_pos
+        hidden = self.decoder(tokens, memory, memory_mask=self.memory_mask)
+        return self.out(hidden[:, cfg.w_pre:])

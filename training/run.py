@@ -1,0 +1,429 @@
+"""Train the audio-to-motion diffusion transformer from the pipeline's shards.
+
+    python -m training.run --shards OUT [--out RUN_DIR] [--resume] [--num-workers N] [key=value ...]
+
+``OUT`` is the pipeline's output folder (``shards/``, ``stats.json``, ``manifests/``). Defaults live
+in ``configs/train.yaml``; any key can be overridden (``model.layers=4 train.max_steps=1000``).
+Without ``--num-workers`` one process trains on the local CPU or GPU; ``--num-workers N`` runs N
+data-parallel copies under Ray Train (one per GPU when there are GPUs, gloo on CPU), each reading
+its own share of the shards. ``data.num_workers`` is the DataLoader processes *per* copy. Ray
+joins the cluster named by ``RAY_ADDRESS`` (e.g. one started from ``ray_cluster.yaml``) or starts a
+local one; rank 0 writes the checkpoint and logs, so on several nodes RUN_DIR and OUT must be on
+storage every node sees.
+
+The loop, one optimiser step per batch: diffuse the clean windows to a random step, drop the audio
+condition with p = 0.1, predict x0, masked losses, AdamW with warmup then cosine decay, gradient
+clipping, EMA. Every ``train.ckpt_every`` steps a checkpoint is written atomically to
+``RUN_DIR/checkpoint.pt``; ``--resume`` restores everything it holds (weights, EMA, optimiser,
+scheduler, every random generator, data-stream position) so the resumed run matches a straight
+one. Validation loss (model and EMA) on the held-out split every ``train.val_every`` steps;
+TensorBoard logs in ``RUN_DIR/tb``; ``RUN_DIR/summary.json`` at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ema_pytorch import EMA
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import load_config, save_config, to_dict
+from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from training.data import (DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
+                           dataset_multipliers, find_inputs, first_clip, make_loader, to_model_inputs)
+from training.diffusion import Diffusion
+from training.losses import LossWeights, motion_losses
+from training.model import ModelConfig, MotionDenoiser
+from training.normalize import Normalizer, load_stats
+
+log = logging.getLogger("training")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def resolve_config(run_dir: Path, resume: bool, overrides: list[str]) -> DictConfig:
+    """A fresh run starts from configs/train.yaml; a resumed one from the run's own config.yaml."""
+    if resume:
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"--resume: no {CHECKPOINT_NAME} in {run_dir}")
+        return load_config(run_dir / "config.yaml", overrides)
+    return load_config("train", overrides)
+
+
+def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine down to ``min_ratio`` at ``decay_steps``, flat after."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= decay_steps:
+        return min_ratio
+    progress = (step - warmup) / max(1, decay_steps - warmup)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and token tables, not on biases and norms (as nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+
+
+# ----------------------------------------------------------------------------- distributed helpers
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (a list of one without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_state(noise: torch.Generator) -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(), "noise": noise.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], noise: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    noise.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- one step, validation
+
+def step_loss(model: torch.nn.Module, diffusion: Diffusion, mb: ModelBatch, weights: LossWeights,
+              w_pre: int, drop_prob: float, generator: torch.Generator,
+              autocast: contextlib.AbstractContextManager) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Diffuse, drop the audio condition at random, predict x0 and score it."""
+    t, x_t = diffusion.training_inputs(mb.x0, generator)
+    drop = (torch.rand(mb.x0.shape[0], generator=generator) < drop_prob).to(mb.x0.device)
+    with autocast:
+        pred = model(x_t, t, mb.x0[:, :w_pre], mb.audio, mb.first, drop)
+    return motion_losses(pred, mb.x0, mb.valid, weights)
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, diffusion: Diffusion, batches: list[ModelBatch],
+                    weights: LossWeights, w_pre: int, seed: int,
+                    autocast: contextlib.AbstractContextManager) -> float:
+    """Mean conditional loss over the fixed validation batches, with fixed steps and noise."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for mb in batches:
+        loss, _ = step_loss(model, diffusion, mb, weights, w_pre, 0.0, generator, autocast)
+        total += float(loss)
+    model.train(was_training)
+    return total / max(1, len(batches))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool = False,
+          rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    main_rank = rank == 0
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # Inputs, checked before anything trains.
+    if cfg.train.precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"train.precision must be bf16, fp16 or fp32, got {cfg.train.precision!r}")
+    inputs = find_inputs(shards, cfg.data.stats, cfg.data.manifest)
+    stats = load_stats(inputs.stats_path)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
+    if state is not None:
+        check_resume_compatible(state, cfg)
+        if state["stats"] != stats:
+            log.warning("stats file changed since the checkpoint; continuing with the checkpoint's stats")
+        stats = state["stats"]
+    normalizer = Normalizer(stats)
+    model_cfg = ModelConfig.from_dict(to_dict(cfg.model))
+    if normalizer.audio_dim is not None and normalizer.audio_dim != model_cfg.audio_dim:
+        raise FeatureWidthError(f"stats describe {normalizer.audio_dim}-wide audio features but "
+                                f"model.audio_dim is {model_cfg.audio_dim}")
+    first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim)  # width check
+    multipliers = dataset_multipliers(inputs.manifest_path, dict(cfg.data.dataset_weights))
+
+    # Model, diffusion, optimiser, EMA: identical on every rank.
+    torch.manual_seed(cfg.seed)
+    model = MotionDenoiser(model_cfg).to(device)
+    diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.cosine_s)
+    optimizer = make_optimizer(model, cfg)
+    decay_steps = cfg.optim.decay_steps or cfg.train.max_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, cfg.optim.warmup_steps, decay_steps, cfg.optim.min_lr_ratio))
+    ema = EMA(model, beta=cfg.optim.ema_beta, update_after_step=cfg.optim.ema_update_after,
+              update_every=1, include_online_model=False)
+    weights = LossWeights.from_dict(to_dict(cfg.loss))
+    noise = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, like the data
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rngs = state["rng"]
+        if len(rngs) != world_size or state["data_state"]["loader_workers"] != cfg.data.num_workers:
+            log.warning("resuming with a different number of ranks or loader workers: the run "
+                        "continues but will not repeat a straight run exactly")
+        set_rng_state(rngs[rank % len(rngs)], noise)
+        log.info("resumed from step %d", step)
+
+    train_model = model
+    if world_size > 1:
+        from ray.train.torch import prepare_model
+        train_model = prepare_model(model, move_to_device=False)
+
+    use_amp = device.type == "cuda" and cfg.train.precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+    autocast = (torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp
+                else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    stream = WindowStream(inputs.shards["train"], normalizer, model_cfg, cfg.data, "train", cfg.seed,
+                          cfg.data.batch_size, rank, world_size, resample=True,
+                          consumed_batches=step, multipliers=multipliers,
+                          split_by_rank=inputs.manifest_path is not None)
+    batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda"))
+    val_batches = load_val_batches(inputs.shards["val"], normalizer, model_cfg, cfg, device) \
+        if main_rank else []
+
+    writer = None
+    if main_rank:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(run_dir / "tb"))
+    progress = None
+    if main_rank and cfg.train.progress:
+        from tqdm import tqdm
+        progress = tqdm(total=cfg.train.max_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    errors_by_worker: dict[int, int] = {}
+    history: dict[str, Any] = {"loss": [], "val": []}
+
+    def validate() -> None:
+        val = validation_loss(model, diffusion, val_batches, weights, model_cfg.w_pre, cfg.seed, autocast)
+        val_ema = validation_loss(ema.ema_model, diffusion, val_batches, weights, model_cfg.w_pre,
+                                  cfg.seed, autocast)
+        history["val"].append((step, val, val_ema))
+        assert writer is not None
+        writer.add_scalar("val/loss", val, step)
+        writer.add_scalar("val/loss_ema", val_ema, step)
+        log.info("step %d: val loss %.4f (EMA %.4f)", step, val, val_ema)
+
+    if val_batches and step == 0:
+        validate()  # the untrained baseline
+    started, start_step = time.time(), step
+    model.train()
+    while step < cfg.train.max_steps:
+        batch = next(batches)
+        errors_by_worker[int(batch["worker"])] = int(batch["errors"])
+        mb = to_model_inputs(batch, normalizer, device)
+        loss, parts = step_loss(train_model, diffusion, mb, weights, model_cfg.w_pre,
+                                cfg.diffusion.cfg_drop_prob, noise, autocast)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        ema.update()
+        step += 1
+
+        if main_rank and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
+            loss_value = float(loss.detach())
+            history["loss"].append((step, loss_value))
+            assert writer is not None
+            writer.add_scalar("train/loss", loss_value, step)
+            for name, value in parts.items():
+                writer.add_scalar(f"train/{name}", float(value.detach()), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            writer.add_scalar("data/skipped_errors", sum(errors_by_worker.values()), step)
+            if progress is not None:
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                     skipped=sum(errors_by_worker.values()), refresh=False)
+        if progress is not None:
+            progress.update(1)
+
+        if main_rank and val_batches and (step % cfg.train.val_every == 0 or step == cfg.train.max_steps):
+            validate()
+
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
+            rngs = gather(rng_state(noise))  # every rank takes part
+            if main_rank:
+                save_checkpoint(run_dir / CHECKPOINT_NAME, {
+                    "model": model.state_dict(), "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "step": step, "rng": rngs,
+                    "data_state": {"batches_consumed": step, "loader_workers": cfg.data.num_workers,
+                                   "world_size": world_size, "seed": cfg.seed},
+                    "model_config": model_cfg.to_dict(), "stats": stats, "train_config": to_dict(cfg)})
+
+    elapsed = time.time() - started
+    if progress is not None:
+        progress.close()
+    digests = gather(param_digest(model))
+    skipped = sum(gather(sum(errors_by_worker.values())))
+    summary = {"step": step, "steps_run": step - start_step, "elapsed_s": elapsed,
+               "steps_per_s": (step - start_step) / elapsed if elapsed > 0 else None,
+               "world_size": world_size, "skipped_errors": skipped, "param_digests": digests,
+               "replicas_identical": len(set(digests)) == 1,
+               "final_loss": history["loss"][-1][1] if history["loss"] else None,
+               "loss_history": history["loss"], "val_history": history["val"]}
+    if main_rank:
+        assert writer is not None
+        writer.close()
+        tmp = run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(run_dir / "summary.json")
+    return summary
+
+
+def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
+    """The model and diffusion of a resumed run must be the checkpoint's."""
+    saved = state["train_config"]
+    if state["model_config"] != ModelConfig.from_dict(to_dict(cfg.model)).to_dict():
+        raise CheckpointError(f"model config {to_dict(cfg.model)} differs from the checkpoint's "
+                              f"{state['model_config']}")
+    if saved.get("diffusion") != to_dict(cfg.diffusion):
+        raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
+                              f"checkpoint's {saved.get('diffusion')}")
+
+
+def load_val_batches(urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig,
+                     cfg: DictConfig, device: torch.device) -> list[ModelBatch]:
+    """The first ``train.val_batches`` batches of validation windows, kept for the whole run."""
+    if not urls or cfg.train.val_batches <= 0:
+        log.warning("no validation shards: validation loss is skipped")
+        return []
+    stream = WindowStream(urls, normalizer, model_cfg, cfg.data, "val", cfg.seed, cfg.data.batch_size,
+                          resample=False)
+    out = []
+    for batch in stream:
+        out.append(to_model_inputs(batch, normalizer, device))
+        if len(out) == cfg.train.val_batches:
+            break
+    if not out:
+        log.warning("no validation clips in the shards: validation loss is skipped")
+    return out
+
+
+# ----------------------------------------------------------------------------- Ray Train
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """One data-parallel copy under Ray Train (the process group is already set up)."""
+    import ray.train
+    from ray.train.torch import get_device
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    context = ray.train.get_context()
+    cfg = OmegaConf.create(config["cfg"])
+    summary = train(cfg, config["shards"], config["run_dir"], config["resume"],
+                    rank=context.get_world_rank(), world_size=context.get_world_size(),
+                    device=get_device())
+    ray.train.report({k: summary[k] for k in ("step", "replicas_identical", "skipped_errors")})
+
+
+def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: bool,
+                   num_workers: int) -> dict[str, Any]:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = torch.cuda.is_available()
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True)
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"cfg": to_dict(cfg), "shards": str(Path(shards).resolve()),
+                           "run_dir": str(run_dir.resolve()), "resume": resume},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(name="train", storage_path=str((run_dir / "ray").resolve())),
+    )
+    trainer.fit()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", required=True, help="pipeline output folder (shards/, stats.json)")
+    parser.add_argument("--out", default="runs/train", help="run folder (checkpoint, logs, config)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="data-parallel copies under Ray Train (default: one local process)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    return parser.parse_args(argv)
+
+
+def run_from_args(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse the command line, train, and return the run's summary."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    run_dir = Path(args.out)
+    cfg = resolve_config(run_dir, args.resume, args.overrides)
+    if args.num_workers is not None:
+        if args.num_workers < 1:
+            raise ValueError("--num-workers must be >= 1")
+        summary = train_with_ray(cfg, args.shards, run_dir, args.resume, args.num_workers)
+    else:
+        summary = train(cfg, args.shards, run_dir, args.resume)
+    log.info("done: step %d, final loss %s, %s skipped shard/sample errors", summary["step"],
+             summary["final_loss"], summary["skipped_errors"])
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: bad inputs end with one clear line and exit status 2."""
+    try:
+        run_from_args(argv)
+    except (CheckpointError, FeatureWidthError, DataStreamError, FileNotFoundError, KeyError,
+            ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
