@@ -28,9 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shards.format import FPS, SAMPLE_RATE
-from training.diffusion import Diffusion
+from training.diffusion import Diffusion, generate
 from training.model import ModelConfig, MotionDenoiser
-from training.sample import generate_blended
 
 SETTINGS = [("ddpm", 50, 1.0), ("ddpm", 50, 2.0), ("ddim", 25, 1.0), ("ddim", 25, 2.0),
             ("ddim", 10, 1.0), ("ddim", 10, 2.0)]
@@ -69,8 +68,8 @@ def main() -> None:
     rows = []
     for sampler, steps, cfg_scale in SETTINGS:
         def run(sampler: str = sampler, steps: int = steps, cfg_scale: float = cfg_scale) -> torch.Tensor:
-            return generate_blended(model, diffusion, feats, n_steps=steps, sampler=sampler,
-                                    cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
+            return generate(model, diffusion, feats, n_steps=steps, sampler=sampler,
+                            cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0))
         run()  # warm-up
         seconds = best_time(run, args.repeats)
         rows.append({"stage": "generate", "sampler": sampler, "steps": steps, "cfg_scale": cfg_scale,

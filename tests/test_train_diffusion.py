@@ -101,7 +101,7 @@ def test_generate_slides_windows_over_the_utterance(n_frames):
     torch.nn.init.normal_(model.out.weight, std=0.1)
     audio = torch.randn(n_frames, 16)
     out = generate(model, Diffusion(50), audio, n_steps=2, sampler="ddim", cfg_scale=1.0,
-                   generator=torch.Generator().manual_seed(1))
+                   generator=torch.Generator().manual_seed(1), blend=False)
     assert out.shape == (n_frames, 70) and torch.isfinite(out).all()
     n_windows = math.ceil(n_frames / 20)
     assert len(model.calls) == 2 * n_windows  # two ddim steps per window
@@ -116,8 +116,15 @@ def test_generate_slides_windows_over_the_utterance(n_frames):
             assert torch.equal(prev[0], out[start - 5:start])
             assert torch.equal(window_audio[0, :5], audio[start - 5:start])
     again = generate(model, Diffusion(50), audio, n_steps=2, sampler="ddim",
-                     generator=torch.Generator().manual_seed(1))
+                     generator=torch.Generator().manual_seed(1), blend=False)
     assert torch.equal(out, again)
+    # Blending changes only the w_pre frames before each window boundary.
+    blended = generate(model, Diffusion(50), audio, n_steps=2, sampler="ddim",
+                       generator=torch.Generator().manual_seed(1))
+    inside = torch.ones(n_frames, dtype=torch.bool)
+    for k in range(1, n_windows):
+        inside[20 * k - 5:20 * k] = False
+    assert torch.equal(blended[inside], out[inside])
 
 
 def test_generate_with_guidance_and_ddpm_is_seeded_and_checks_width():

@@ -133,8 +133,14 @@ class Diffusion:
 @torch.no_grad()
 def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Tensor | np.ndarray,
              n_steps: int | None = None, sampler: str = "ddpm", cfg_scale: float = 1.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, blend: bool = True) -> torch.Tensor:
     """Motion for a whole utterance: normalised audio features (T, audio_dim) -> (T, motion_dim).
+
+    Sliding windows (paper §3.4): each generates ``w_pre + w_cur`` frames given the previous
+    ``w_pre`` generated frames and their audio. Its first ``w_pre`` outputs re-generate that
+    context; a model that reproduces its context imperfectly would start each window with a jump,
+    so with ``blend`` those frames are cross-faded into the previous window's last ``w_pre``
+    frames with a linear ramp instead of being discarded.
 
     The result is in normalised units (undo with ``Normalizer.denormalize``) on the CPU. Windows are
     generated one after another, so memory does not grow with ``T`` beyond the (T, 70) output.
@@ -146,6 +152,7 @@ def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Ten
         raise ValueError(f"audio features must be (T, {cfg.audio_dim}), got {tuple(audio.shape)}")
     n_frames = audio.shape[0]
     motion = torch.zeros(n_frames, cfg.motion_dim)
+    ramp = (torch.arange(1, cfg.w_pre + 1, dtype=torch.float32) / (cfg.w_pre + 1))[:, None]
     was_training = model.training
     model.eval()
     try:
@@ -156,13 +163,15 @@ def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Ten
             prev = torch.zeros(cfg.w_pre, cfg.motion_dim)
             if not first:
                 window_audio[:cfg.w_pre] = audio[start - cfg.w_pre:start]
-                prev = motion[start - cfg.w_pre:start]
+                prev = motion[start - cfg.w_pre:start].clone()
             window_audio[cfg.w_pre:cfg.w_pre + n] = audio[start:start + n]
             x0 = diffusion.sample(
                 model, prev[None].to(device), window_audio[None].to(device),
                 torch.tensor([first], device=device), n_steps=n_steps, sampler=sampler,
-                cfg_scale=cfg_scale, generator=generator)
-            motion[start:start + n] = x0[0, cfg.w_pre:cfg.w_pre + n].float().cpu()
+                cfg_scale=cfg_scale, generator=generator)[0].float().cpu()
+            if blend and not first:
+                motion[start - cfg.w_pre:start] = torch.lerp(prev, x0[:cfg.w_pre], ramp)
+            motion[start:start + n] = x0[cfg.w_pre:cfg.w_pre + n]
     finally:
         model.train(was_training)
     return motion

@@ -11,7 +11,7 @@ Steps: read any audio file (any format PyAV decodes, any rate and channel count)
 refuse unreadable, empty or silent audio; compute ``ceil(seconds * 25)`` frames of audio features
 with the encoder the checkpoint's training features came from (in bounded memory); generate
 normalised motion with sliding windows (paper §3.4) from the EMA weights, cross-fading each
-window's re-generated context into the previous window (:func:`generate_blended`); undo the
+window's re-generated context into the previous window (:func:`training.diffusion.generate`); undo the
 normalisation; optionally smooth the pose; write the LivePortrait template (``--out``), the (T, 70)
 sequence beside it (same name, ``.npy``) and optionally a preview video. Every file appears
 atomically. Bad input exits with status 2 and a one-line message. See docs/sampling.md.
@@ -146,45 +146,6 @@ def encoder_arguments(record: Any, weights_dir: str | None = None) -> tuple[str,
 
 # ----------------------------------------------------------------------------- generation
 
-@torch.no_grad()
-def generate_blended(model: MotionDenoiser, diffusion: Diffusion, audio_feats: np.ndarray,
-                     n_steps: int | None = None, sampler: str = "ddpm", cfg_scale: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sliding-window generation (paper §3.4) whose windows overlap-add over their context frames.
-
-    Windows are laid out and conditioned exactly as in :func:`training.diffusion.generate`: each
-    generates ``w_pre + w_cur`` frames given the previous ``w_pre`` generated frames and their audio.
-    Its first ``w_pre`` output frames re-generate that context; a model that reproduces its context
-    imperfectly then starts each window with a jump. Here those frames are not discarded but
-    cross-faded into the previous window's last ``w_pre`` frames with a linear ramp, so every
-    transition is spread over ``w_pre`` frames. Normalised (T, D) audio in, normalised (T, 70) out.
-    """
-    cfg = model.cfg
-    device = next(model.parameters()).device
-    audio = torch.as_tensor(np.asarray(audio_feats), dtype=torch.float32)
-    if audio.ndim != 2 or audio.shape[1] != cfg.audio_dim:
-        raise ValueError(f"audio features must be (T, {cfg.audio_dim}), got {tuple(audio.shape)}")
-    n_frames = audio.shape[0]
-    motion = torch.zeros(n_frames, cfg.motion_dim)
-    ramp = (torch.arange(1, cfg.w_pre + 1, dtype=torch.float32) / (cfg.w_pre + 1))[:, None]
-    for start in range(0, n_frames, cfg.w_cur):
-        n = min(cfg.w_cur, n_frames - start)
-        first = start == 0
-        window_audio = torch.zeros(cfg.window, cfg.audio_dim)
-        prev = torch.zeros(cfg.w_pre, cfg.motion_dim)
-        if not first:
-            window_audio[:cfg.w_pre] = audio[start - cfg.w_pre:start]
-            prev = motion[start - cfg.w_pre:start].clone()
-        window_audio[cfg.w_pre:cfg.w_pre + n] = audio[start:start + n]
-        x0 = diffusion.sample(model, prev[None].to(device), window_audio[None].to(device),
-                              torch.tensor([first], device=device), n_steps=n_steps, sampler=sampler,
-                              cfg_scale=cfg_scale, generator=generator)[0].float().cpu()
-        if not first:
-            motion[start - cfg.w_pre:start] = torch.lerp(prev, x0[:cfg.w_pre], ramp)
-        motion[start:start + n] = x0[cfg.w_pre:cfg.w_pre + n]
-    return motion
-
-
 @dataclass
 class MotionGenerator:
     """A loaded checkpoint, ready to turn audio features into motion (both in raw units)."""
@@ -204,17 +165,16 @@ class MotionGenerator:
                blend: bool = True) -> np.ndarray:
         """Raw (not normalised) audio features (T, D) -> raw motion (T, 70) float32.
 
-        ``blend``: cross-fade window overlaps (:func:`generate_blended`); False joins the windows
-        as :func:`training.diffusion.generate` does.
+        ``blend``: cross-fade window overlaps (see :func:`training.diffusion.generate`).
         """
         feat = np.asarray(audio_feat, dtype=np.float32)
         if feat.ndim != 2 or feat.shape[1] != self.audio_dim:
             raise BadInputError(f"audio features are {feat.shape[-1]}-wide, the checkpoint's model "
                                 f"expects {self.audio_dim} (features from another audio encoder?)")
         rng = torch.Generator().manual_seed(int(seed))
-        run = generate_blended if blend else generate
-        normalised = run(self.model, self.diffusion, self.normalizer.normalize_audio(feat),
-                         n_steps=steps, sampler=sampler, cfg_scale=cfg_scale, generator=rng)
+        normalised = generate(self.model, self.diffusion, self.normalizer.normalize_audio(feat),
+                              n_steps=steps, sampler=sampler, cfg_scale=cfg_scale, generator=rng,
+                              blend=blend)
         vector = self.normalizer.denormalize(normalised.numpy()).astype(np.float32)
         return smooth_pose_dims(vector, smooth_pose)
 
