@@ -64,6 +64,7 @@ CLIPS = pa.schema(
         ("kept", pa.bool_()),
         ("stage", pa.string()),          # rejecting stage, null when kept
         ("reason", pa.string()),         # rejection reason, null when kept
+        ("error", pa.string()),          # details of a rejection (the error text of a failure), else null
         ("split", pa.string()),          # "train" | "val", by speaker or source video
     ]
     + [(name, pa.float64()) for name in SCORE_COLUMNS]

@@ -1,0 +1,301 @@
+"""Speed and memory of the shard-building job against the naive way, on the same clips and weights.
+
+    python bench/pipeline.py [--quick]
+
+Measures, on the real sample clips (synthesised ones when the media folder is absent):
+
+* the pipeline with a local Ray of 2 CPUs and of 1 CPU (the whole Ray session pinned to one
+  core): video seconds per wall second, frames per second of each stage, the share of the
+  processing time spent inside model forward passes, and peak memory (summed PSS of the driver
+  and every Ray process);
+* the pure model compute for the same frames: every model of the pipeline run back to back on
+  prepared crops in this process, with the model worker's thread count;
+* the naive way, as the public JoyVASA preparation does it: decode the whole video into memory,
+  crop, run the motion extractor frame by frame at batch 1, then the audio encoder; and the same
+  with the pipeline's filter models added (quality, SyncNet), for a comparison at equal work;
+* peak memory of the pipeline and of the naive way on one video and on the same video three times
+  as long (skipped with ``--quick``).
+
+Random weights of the official architectures throughout (speed does not depend on the values).
+Writes bench/results/pipeline.json and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.build_shards import main as build_shards  # noqa: E402
+from pipeline.config import load_config, to_dict  # noqa: E402
+from pipeline.media import media_available, media_dir  # noqa: E402
+from pipeline.probe import probe  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "pipeline.json"
+MODEL_STAGES = ("quality", "sync", "motion", "audio_features")
+# One clip per video (no shot split), 3 to 3.5 s long, models in score-only mode so every clip
+# runs every stage; an offline quality metric; the base-size audio encoder.
+SETTINGS = ("shots.enabled=false", "clips.min_len_s=3", "clips.max_len_s=3.5", "clips.cut_margin_s=0",
+            "filters.quality.metric=piqe", "filters.quality.threshold=60", "filters.quality.mode=score",
+            "filters.sync.mode=score", "filters.head_motion.mode=score", "filters.faces.min_face_px=32",
+            "ray.torch_threads=1", "progress.enabled=false")
+
+
+class PeakMemory:
+    """Samples the summed PSS of this process and all its descendants (Ray's included). PSS splits
+    shared pages (libraries, the object store) between the processes mapping them, so the sum is
+    the memory the run really holds, where summed RSS would count torch once per process."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def inputs(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    if media_available():
+        return [media_dir() / "lp_d20.mp4", media_dir() / "lp_s13.mp4"]
+    from tests.media_kit import make_clip
+
+    return [make_clip(folder / "a.mp4", duration=7.0, seed=1).path,
+            make_clip(folder / "b.mp4", size=(480, 480), duration=4.0, seed=2).path]
+
+
+def loop_video(src: Path, dst: Path, times: int) -> Path:
+    """``src`` played ``times`` times in a row (re-encoded), for the memory-versus-length runs."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(times - 1), "-i", str(src),
+                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dst)], check=True)
+    return dst
+
+
+def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int) -> dict:
+    """One run of the job with a local Ray of ``cpus`` CPUs (pinned to that many cores)."""
+    listing = work / f"{name}.txt"
+    listing.write_text("\n".join(str(v) for v in videos) + "\n")
+    out = work / name
+    me = psutil.Process()
+    affinity = me.cpu_affinity()
+    me.cpu_affinity(affinity[:cpus])  # Ray's processes inherit it
+    try:
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            code = build_shards(["--input", str(listing), "--output", str(out), "--random-weights",
+                                 *SETTINGS, f"ray.num_cpus={cpus}",
+                                 f"ray.cpu_worker_cpus={cpus / 2}", f"ray.model_worker_cpus={cpus / 2}"])
+            wall = time.perf_counter() - start
+    finally:
+        me.cpu_affinity(affinity)
+    if code != 0:
+        raise SystemExit(f"pipeline run {name} failed with exit code {code}")
+    run = json.loads((out / "run.json").read_text())
+    clips = pq.read_table(out / "manifests" / "clips.parquet").to_pylist()
+    kept = [c for c in clips if c["kept"]]
+    timings = run["timings"]
+    video_s = sum(c["end_s"] - c["start_s"] for c in kept)
+    model_s = sum(timings["stage_seconds"].get(s, 0.0) for s in MODEL_STAGES)
+    return {
+        "name": name, "ray_cpus": cpus, "clips": len(kept), "frames": sum(c["n_frames"] for c in kept),
+        "video_s": round(video_s, 2), "wall_s": round(wall, 2),
+        "startup_s": round(timings["startup_s"], 2), "processing_s": round(timings["processing_s"], 2),
+        "video_s_per_wall_s": round(video_s / wall, 4),
+        "video_s_per_processing_s": round(video_s / timings["processing_s"], 4),
+        "model_share_of_processing": round(model_s / timings["processing_s"], 3),
+        "stage_fps": timings["stage_fps"], "stage_seconds": timings["stage_seconds"],
+        "peak_mb": round(memory.peak / 2**20, 1),
+        "spans": [(c["source"], c["start_s"], c["end_s"]) for c in kept],
+    }
+
+
+def prepared(spans: list[tuple[str, float, float]], cfg: dict) -> list:
+    """The pipeline's own CPU stages on the same spans: clips with crops and audio."""
+    from pipeline.clip import Clip
+    from pipeline.inputs import video_id
+    from pipeline.stages import GROUPS, build_stage
+
+    stages = [build_stage(name, cfg) for name in ("probe", *GROUPS["prepare"])]
+    clips = []
+    for source, start, end in spans:
+        (video,) = stages[0]([Clip(source=source, video_id=video_id(source), chunk=0)])
+        clip = video.span_clip(start, end)
+        for stage in stages[1:]:
+            (clip,) = stage([clip])
+        assert clip.kept, clip.rejection
+        clips.append(clip)
+    return clips
+
+
+def pure_model_compute(clips: list, cfg: dict) -> dict:
+    """Every model stage on the prepared clips, back to back in this process, timed."""
+    from pipeline.stages import build_stage
+
+    torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
+    stages = [build_stage(name, cfg) for name in ("quality", "sync", "motion", "audio_features")]
+    seconds = dict.fromkeys(MODEL_STAGES, 0.0)
+    for clip in clips:
+        for stage in stages:
+            start = time.perf_counter()
+            stage.process(clip)
+            seconds[stage.name] += time.perf_counter() - start
+    frames = sum(c.n_frames for c in clips)
+    total = sum(seconds.values())
+    return {"frames": frames, "seconds": round(total, 2),
+            "stage_fps": {k: round(frames / v, 2) for k, v in seconds.items() if v > 0},
+            "threads": torch.get_num_threads()}
+
+
+def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = False) -> dict:
+    """Whole video in memory, crop, extractor frame by frame at batch 1, then audio features (the
+    public JoyVASA preparation). ``same_models`` adds the pipeline's filter models (quality on the
+    crops, SyncNet), run the same plain way, for a comparison at equal work."""
+    from filters.quality import QualityScorer
+    from filters.syncnet import load_syncnet, sync_scores
+    from pipeline.audio_features import AudioEncoder
+    from pipeline.decode import decode_audio, iter_video_chunks
+    from pipeline.faces import FaceTracker, crop_liveportrait, crop_syncnet
+    from pipeline.motion_extractor import extract, load_motion_extractor
+    from pipeline.probe import probe
+    from pipeline.stages.faces import working_size
+
+    torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
+    extractor = load_motion_extractor("random")
+    encoder = AudioEncoder("random", device="cpu", random_config=cfg["models"]["audio_encoder"]["random_config"])
+    tracker = FaceTracker("haar", min_face=0)
+    syncnet = load_syncnet("random") if same_models else None
+    quality = QualityScorer("piqe", n_frames=8) if same_models else None
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        frames_done, video_s = 0, 0.0
+        for source in sorted({s for s, _, _ in spans}):
+            info = probe(source)
+            size = working_size(info.width, info.height, info.rotation, int(cfg["decode"]["max_side"]))
+            whole = np.concatenate(list(iter_video_chunks(source, 0.0, info.duration_s, size=size)))
+            audio = decode_audio(source, 0.0, info.duration_s)
+            for _, a, b in (s for s in spans if s[0] == source):
+                first, last = round(a * 25), round(a * 25) + round((b - a) * 25)
+                frames = whole[first:last]
+                track = tracker.track(frames)
+                crops = crop_liveportrait(frames, track)
+                clip_audio = audio[first * 640:last * 640]
+                if same_models:
+                    quality.score(crops)
+                    sync_scores(syncnet, crop_syncnet(frames, track), clip_audio)
+                for crop in crops:
+                    extract(extractor, crop[None], batch_size=1)
+                encoder.encode(clip_audio, len(frames))
+                frames_done += len(frames)
+                video_s += b - a
+        wall = time.perf_counter() - start
+    return {"frames": frames_done, "video_s": round(video_s, 2), "wall_s": round(wall, 2),
+            "video_s_per_wall_s": round(video_s / wall, 4), "peak_mb": round(memory.peak / 2**20, 1)}
+
+
+def markdown(result: dict) -> str:
+    runs = result["pipeline"]
+    lines = ["| run | video s | wall s | processing s | video s / wall s | video s / processing s | "
+             "model share | motion fps | peak memory MB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in runs:
+        lines.append(f"| pipeline, {r['ray_cpus']} Ray CPU{'s' if r['ray_cpus'] > 1 else ''} ({r['name']}) | "
+                     f"{r['video_s']} | {r['wall_s']} | {r['processing_s']} | {r['video_s_per_wall_s']} | "
+                     f"{r['video_s_per_processing_s']} | {r['model_share_of_processing']} | "
+                     f"{r['stage_fps'].get('motion', '')} | {r['peak_mb']} |")
+    for key, label in (("naive", "naive: whole video in memory, extractor at batch 1, audio features"),
+                       ("naive_same_models", "naive with the pipeline's filter models too (equal work)")):
+        n = result[key]
+        lines.append(f"| {label} | {n['video_s']} | {n['wall_s']} | {n['wall_s']} | {n['video_s_per_wall_s']} | "
+                     f"{n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
+    p = result["pure_model_compute"]
+    lines.append(f"| pure model compute, same frames ({p['threads']} thread) | | {p['seconds']} | | | | 1.0 | "
+                 f"{p['stage_fps'].get('motion', '')} | |")
+    for row in result.get("memory_vs_length", []):
+        lines.append(f"| memory: {row['run']}, one {row['input_s']} s video | {row['video_s']} | | | | | | | "
+                     f"{row['peak_mb']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="skip the memory-versus-length runs")
+    args = parser.parse_args()
+    cfg = to_dict(load_config("pipeline", list(SETTINGS) + ["models.audio_encoder.random_config=null"]))
+    cfg["weights"]["random"] = True
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    try:
+        videos = inputs(work / "inputs")
+        runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1)]
+        spans = runs[0]["spans"]
+        clips = prepared(spans, cfg)
+        pure = pure_model_compute(clips, cfg)
+        baseline = naive(spans, cfg)
+        equal_work = naive(spans, cfg, same_models=True)
+        result = {
+            "bench": "pipeline", "machine": platform.platform(), "cpu_count": os.cpu_count(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "weights": "random (official architectures)", "inputs": [str(v) for v in videos],
+            "settings": list(SETTINGS), "pipeline": runs, "pure_model_compute": pure, "naive": baseline,
+            "naive_same_models": equal_work,
+            "memory": "peak summed PSS (proportional set size) of the process tree, MB",
+            "ratios": {
+                "processing_over_pure_compute_2cpus": round(runs[0]["processing_s"] / pure["seconds"], 3),
+                "throughput_over_naive_2cpus": round(runs[0]["video_s_per_wall_s"] / baseline["video_s_per_wall_s"], 3),
+                "processing_throughput_over_naive_2cpus":
+                    round(runs[0]["video_s_per_processing_s"] / baseline["video_s_per_wall_s"], 3),
+                "throughput_over_naive_same_models_2cpus":
+                    round(runs[0]["video_s_per_wall_s"] / equal_work["video_s_per_wall_s"], 3),
+            },
+        }
+        if not args.quick:
+            long_video = loop_video(videos[0], work / "inputs" / "long.mp4", 3)
+            short_run = run_pipeline(videos[:1], work, "memory_short", 2)
+            long_run = run_pipeline([long_video], work, "memory_long", 2)
+            naive_short, naive_long = naive(short_run["spans"], cfg), naive(long_run["spans"], cfg)
+            lengths = {"short": probe(str(videos[0])).duration_s, "long": probe(str(long_video)).duration_s}
+            result["memory_vs_length"] = [
+                {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"],
+                 "peak_mb": r["peak_mb"]}
+                for run, length, r in (("pipeline", "short", short_run), ("pipeline", "long", long_run),
+                                       ("naive", "short", naive_short), ("naive", "long", naive_long))]
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown(result))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Build filtered, feature-cached WebDataset shards from raw talking-head videos, with Ray.
+
+    python pipeline/build_shards.py --input VIDEOS --output OUT [--address ADDR] [--random-weights]
+        [--weights-dir D] [--config configs/pipeline.yaml] [key=value ...]
+    python pipeline/build_shards.py --demo --random-weights      # the sample clips, local Ray
+
+``--input`` is a folder (searched recursively) or a .txt/.csv/.parquet list of paths or URIs
+(``pipeline.inputs``); ``--output`` a local folder or a URI. Without ``--address`` (or
+``RAY_ADDRESS``, which ``ray job submit`` sets) the job starts a local Ray itself. The same command
+after a crash, or on a grown input set, processes only what is missing.
+
+The driver is thin: it plans work units (``pipeline.plan``), starts the two actor pools
+(``pipeline.workers``), lets ``pipeline.scheduler`` feed them, writes each finished chunk
+(``pipeline.chunk_writer``), then gathers the manifests, the training statistics and ``run.json``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script (ray job submit runs it from the working dir)
+    sys.path.insert(0, str(REPO_ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+from omegaconf import DictConfig  # noqa: E402
+
+from pipeline.chunk_writer import write_chunk  # noqa: E402
+from pipeline.config import load_config, save_config, to_dict  # noqa: E402
+from pipeline.inputs import list_inputs  # noqa: E402
+from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
+from pipeline.media import media_available, media_dir  # noqa: E402
+from pipeline.outdir import OutputDir, done_name  # noqa: E402
+from pipeline.plan import Chunk, plan_chunks  # noqa: E402
+from pipeline.progress import Progress, summary_lines  # noqa: E402
+from pipeline.stats import STATS_FILE, compute_stats  # noqa: E402
+from pipeline.weights import MissingWeightsError, require, warn_random  # noqa: E402
+
+log = logging.getLogger("build_shards")
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+DEMO_OUTPUT = "out/demo"
+# The sample clips are short: a demo keeps clips of 3 to 10 s and scores quality with an offline
+# metric. With random weights the model filters only score, since their numbers mean nothing.
+DEMO_OVERRIDES = ("clips.min_len_s=3", "clips.max_len_s=10", "filters.quality.metric=piqe",
+                  "filters.quality.threshold=60")
+DEMO_RANDOM_OVERRIDES = ("filters.quality.mode=score", "filters.sync.mode=score",
+                         "filters.head_motion.mode=score", "models.audio_encoder.random_config=small")
+WORKING_DIR_EXCLUDES = [".venv", ".git", "out", "runs", "weights", "bench/results", "**/__pycache__"]
+
+
+# -------------------------------------------------------------------------------------------------
+# Configuration and weights
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="build_shards", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", help="folder or .txt/.csv/.parquet list of videos (local or URI)")
+    parser.add_argument("--output", help="output folder (local or URI)")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, "
+                        "else a local Ray started here)")
+    parser.add_argument("--config", default="pipeline", help="config name under configs/ or a path")
+    parser.add_argument("--weights-dir", default=None, help="weights folder (default $TH_WEIGHTS_DIR or ./weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights of the official architectures: smoke runs only, never real data")
+    parser.add_argument("--demo", action="store_true", help=f"build shards from the sample clips in "
+                        f"{media_dir()} (synthesised clips when absent) into --output (default {DEMO_OUTPUT})")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = parser.parse_intermixed_args(argv)
+    if args.demo:
+        args.output = args.output or DEMO_OUTPUT
+    elif not args.input or not args.output:
+        parser.error("--input and --output are required (or use --demo)")
+    return args
+
+
+def build_config(args: argparse.Namespace) -> DictConfig:
+    overrides = list(args.overrides)
+    if args.demo:
+        overrides = [*DEMO_OVERRIDES, *(DEMO_RANDOM_OVERRIDES if args.random_weights else ()), *overrides]
+    cfg = load_config(args.config, overrides)
+    if args.random_weights:
+        cfg.weights.random = True
+    if args.weights_dir:
+        cfg.weights.dir = str(Path(args.weights_dir).resolve())
+    cfg.ray.address = args.address or cfg.ray.address or None
+    return cfg
+
+
+def required_weights(cfg: DictConfig) -> list[str]:
+    """Registry entries this config needs (none of the random-weight models)."""
+    names = []
+    if not cfg.weights.random:
+        models = cfg.models
+        if not models.motion_extractor.weights:
+            names.append("liveportrait_motion_extractor")
+        if not models.syncnet.weights:
+            names.append("syncnet_v2")
+        if not models.audio_encoder.weights:
+            names.append(str(models.audio_encoder.name))
+    if cfg.faces.backend == "insightface":
+        names += ["insightface_det_10g", "insightface_2d106det"]
+    if cfg.filters.quality.metric == "qalign":
+        names.append("qalign_one_align")
+    return names
+
+
+def check_weights(cfg: DictConfig) -> None:
+    """Fail before starting anything when a model file is missing (one error naming them all)."""
+    require(required_weights(cfg), cfg.weights.dir)
+    if cfg.weights.random:
+        for name in ("liveportrait_motion_extractor", "syncnet_v2", str(cfg.models.audio_encoder.name)):
+            warn_random(name)
+
+
+# -------------------------------------------------------------------------------------------------
+# Ray
+
+
+def start_ray(cfg: DictConfig) -> bool:
+    """Join the cluster named by --address or RAY_ADDRESS, or start a local Ray; returns whether
+    this call connected (a process that already called ``ray.init`` keeps its own session)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=True,
+                 runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES})
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)  # inside `ray job submit`: the job's working dir is already set
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+                 log_to_driver=True, _temp_dir=cfg.ray.temp_dir,
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    return True
+
+
+def cluster_info(cfg: DictConfig) -> dict[str, Any]:
+    import ray
+
+    return {"address": cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local",
+            "resources": {k: float(v) for k, v in sorted(ray.cluster_resources().items())
+                          if k in ("CPU", "GPU", "memory")}}
+
+
+def start_pools(cfg: DictConfig):
+    """The CPU and model actor pools; returns (cpu pool, model pool, {stage: model description})."""
+    import ray
+
+    from pipeline.scheduler import ActorPool
+    from pipeline.workers import StageWorker
+
+    plain = to_dict(cfg)
+    worker = ray.remote(StageWorker)
+    r = cfg.ray
+    cpu = [worker.options(num_cpus=float(r.cpu_worker_cpus), max_restarts=-1, max_task_retries=0)
+           .remote(("video", "prepare"), plain) for _ in range(int(r.cpu_workers))]
+    model = [worker.options(num_cpus=float(r.model_worker_cpus), num_gpus=float(r.model_worker_gpus),
+                            max_restarts=-1, max_task_retries=0)
+             .remote(("model",), plain) for _ in range(int(r.model_workers))]
+    # Building the workers loads every model: a missing file or bad config fails here, once.
+    descriptions = ray.get([a.describe.remote() for a in cpu + model])
+    models = {k: v for d in descriptions for k, v in d.items()}
+    return ActorPool("cpu", cpu), ActorPool("model", model), models
+
+
+# -------------------------------------------------------------------------------------------------
+# The run
+
+
+def run_meta(cfg: DictConfig, models: dict[str, dict[str, str]]) -> RunMeta:
+    return RunMeta(
+        thresholds=to_dict(cfg.filters),
+        model_ids={stage: d["model_id"] for stage, d in sorted(models.items())},
+        weight_hashes={stage: d["weight_id"] for stage, d in sorted(models.items())},
+        random_weights=bool(cfg.weights.random),
+    )
+
+
+def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict[str, Any]:
+    """Run the pending chunks on Ray; returns the cluster's description and this run's timings."""
+    import ray
+
+    from pipeline.scheduler import Scheduler
+
+    started = time.monotonic()
+    connected = start_ray(cfg)
+    this_run = {"cluster": cluster_info(cfg)}
+    try:
+        cpu, model, models = start_pools(cfg)
+        meta = run_meta(cfg, models)
+        this_run["startup_s"] = time.monotonic() - started
+        progress = Progress(sum(len(c.videos) for c in chunks), enabled=bool(cfg.progress.enabled))
+
+        def finish(state) -> None:
+            def fetch(clip):
+                return ray.get(state.results[clip.clip_id])
+
+            done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta, cfg)
+            log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
+
+        try:
+            Scheduler(cfg, cpu, model, finish, progress).run(chunks)
+            this_run["processing_s"] = time.monotonic() - started - this_run["startup_s"]
+        finally:
+            progress.close()
+            for actor in cpu.actors + model.actors:
+                ray.kill(actor)
+    finally:
+        if connected:
+            ray.shutdown()
+    return this_run
+
+
+def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float,
+             this_run: dict[str, Any]) -> dict[str, Any]:
+    """Gather every done chunk into the manifests, stats.json, config.yaml and run.json (last)."""
+    done = {c.index: json.loads(out.read_bytes(done_name(c.index))) for c in chunks
+            if out.exists(done_name(c.index))}
+    videos, clips = consolidate(out, sorted(done))
+    kept = clips.filter(clips.column("kept"))
+    train_shards = [s for s, split in zip(kept.column("shard").to_pylist(), kept.column("split").to_pylist())
+                    if split == "train"]
+    stats = compute_stats(out, train_shards)
+    out.write_bytes(STATS_FILE, json.dumps(stats).encode())
+    save_config(cfg, out.local_path(CONFIG_FILE))
+    out.publish(CONFIG_FILE)
+
+    seconds: Counter[str] = Counter()
+    frames: Counter[str] = Counter()
+    rejections: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    for d in done.values():
+        seconds.update(d["stage_seconds"])
+        frames.update(d["stage_frames"])
+        rejections.update(d["clip_rejections"])
+        failures.update(d["video_failures"])
+    first = next(iter(done.values()), {})
+    run = {
+        "format_version": 1,
+        "config": to_dict(cfg),
+        "model_ids": first.get("model_ids", {}),
+        "weight_hashes": first.get("weight_hashes", {}),
+        "random_weights": bool(cfg.weights.random) or any(d.get("random_weights") for d in done.values()),
+        "chunks": sorted(done),
+        "counts": {
+            "chunks": len(done), "shards": sum(len(d["shards"]) for d in done.values()),
+            "videos": videos.num_rows, "videos_failed": sum(d["videos_failed"] for d in done.values()),
+            "clips": clips.num_rows, "kept": kept.num_rows, "rejected": clips.num_rows - kept.num_rows,
+            "kept_frames": sum(d["kept_frames"] for d in done.values()),
+            "clip_rejections": dict(sorted(rejections.items())),
+            "video_failures": dict(sorted(failures.items())),
+        },
+        "hours": {"input": sum(d["video_seconds"] for d in done.values()) / 3600,
+                  "kept": sum(d["kept_seconds"] for d in done.values()) / 3600},
+        "timings": {
+            "total_s": wall_s,
+            "startup_s": this_run.get("startup_s", 0.0),
+            "processing_s": this_run.get("processing_s", 0.0),
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
+            "stage_fps": {k: round(frames[k] / seconds[k], 3) for k in sorted(frames) if seconds[k] > 0},
+        },
+        "cluster": this_run.get("cluster"),
+    }
+    out.write_bytes(RUN_FILE, json.dumps(run, indent=1).encode())
+    return run
+
+
+def demo_input(out: OutputDir) -> str:
+    """The real sample clips when present, else a synthesised set written beside the output."""
+    if media_available():
+        return str(media_dir())
+    from tests.media_kit import make_standard_set
+
+    folder = out.local_path("demo_media/placeholder").parent
+    if not any(folder.glob("*.mp4")):
+        log.info("sample media not found at %s: synthesising clips into %s", media_dir(), folder)
+        make_standard_set(folder)
+    return str(folder)
+
+
+def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:
+    """True when run.json (written last) covers exactly these chunks: nothing left to gather."""
+    if not all(out.exists(name) for name in (VIDEOS_FILE, CLIPS_FILE, STATS_FILE, RUN_FILE)):
+        return False
+    return json.loads(out.read_bytes(RUN_FILE)).get("chunks") == [c.index for c in chunks]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    start = time.monotonic()
+    cfg = build_config(args)
+    check_weights(cfg)
+    out = OutputDir(args.output)
+    try:
+        spec = demo_input(out) if args.demo else args.input
+        chunks = plan_chunks(out, list_inputs(spec), int(cfg.work.videos_per_chunk))
+        pending = [c for c in chunks if not out.exists(done_name(c.index))]
+        if not pending and up_to_date(out, chunks):
+            log.info("nothing to do: every chunk of %s is done and its manifests are written", args.output)
+            return None
+        log.info("%d chunks (%d videos) to process, %d already done", len(pending),
+                 sum(len(c.videos) for c in pending), len(chunks) - len(pending))
+        this_run = process_chunks(cfg, out, pending) if pending else {}
+        result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
+        for line in summary_lines(result):
+            log.info("%s", line)
+        return result
+    finally:
+        out.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except MissingWeightsError as exc:
+        log.error("%s", exc)
+        if "qalign_one_align" in exc.names:
+            log.error("Q-Align has no random-weights mode: fetch it, or score quality with an offline "
+                      "pyiqa metric, e.g. filters.quality.metric=piqe filters.quality.threshold=60")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Finish one chunk: its shards, its manifest parts and, last, its done file.
+
+Clips are written in a fixed order (source, then span), so a chunk redone after a crash gives the
+same shards byte for byte. The done file is written only once everything else is in place: a
+chunk without it is redone from scratch by the next run, and anything it left is replaced.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.clip import Clip
+from pipeline.manifest_writer import RunMeta, clip_row, video_row, write_parts
+from pipeline.outdir import SHARDS, OutputDir, done_name
+from pipeline.split import split_of
+from pipeline.stages.base import error_text
+from shards.format import FPS
+from shards.writer import ShardWriter
+
+
+def audio_int16(audio: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] -> int16, the scaling SyncNet's MFCC uses (x * 32768, clipped)."""
+    return np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def clear_chunk_shards(out: OutputDir, chunk: int) -> None:
+    """Remove shards a crashed attempt at this chunk may have left (the chunk is not done)."""
+    pattern = re.compile(rf"shard-{chunk:06d}(-\d+)?\.tar$")
+    out.remove_temporaries(SHARDS)
+    for name in out.list(SHARDS):
+        if pattern.search(name):
+            out.remove(name)
+
+
+def sample_meta(clip: Clip, split: str, meta: RunMeta) -> dict[str, Any]:
+    return {
+        "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.source,
+        "start_s": clip.start_s, "end_s": clip.end_s, "fps": FPS,
+        "dataset": clip.dataset, "language": clip.language, "speaker": clip.speaker,
+        "split": split, "chunk": clip.chunk, "scores": dict(sorted(clip.scores.items())),
+        "audio_shift_frames": int(clip.scores.get("audio_shift_frames", 0)),
+        "model_ids": meta.model_ids, "weight_hashes": meta.weight_hashes,
+        "random_weights": meta.random_weights,
+        "source_fps": clip.info.fps if clip.info else None,
+    }
+
+
+def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip],
+                fetch: Callable[[Clip], Clip], meta: RunMeta, cfg) -> dict[str, Any]:
+    """Write the chunk's outputs; ``fetch(summary)`` returns a kept clip's full record (arrays)."""
+    clear_chunk_shards(out, chunk)
+    val_fraction = float(cfg["split"]["val_fraction"])
+    clips = sorted(clips, key=lambda c: (c.source, c.start_s, c.end_s))
+    rows = []
+    writer = ShardWriter(out.local_path(SHARDS), chunk, int(float(cfg["work"]["shard_target_mb"]) * 2**20))
+    with writer:
+        for clip in clips:
+            split = split_of(clip.speaker, clip.video_id, val_fraction)
+            if not clip.kept:
+                rows.append(clip_row(clip, split, meta))
+                continue
+            try:
+                full = fetch(clip)
+                shard, hashes = writer.write(clip.clip_id, full.motion, full.audio_feat,
+                                             audio_int16(full.audio), sample_meta(full, split, meta))
+            except Exception as exc:  # noqa: BLE001 - a clip that cannot be written is rejected
+                clip.reject("write", "invalid_sample", error_text(exc))
+                rows.append(clip_row(clip, split, meta))
+                continue
+            rows.append(clip_row(clip, split, meta, shard, hashes))
+    for name in writer.written:
+        out.publish(f"{SHARDS}/{name}")
+
+    by_video: dict[str, list[Clip]] = {}
+    for clip in clips:
+        by_video.setdefault(clip.video_id, []).append(clip)
+    videos = sorted(videos, key=lambda v: v.source)
+    write_parts(out, chunk, [video_row(v, by_video.get(v.video_id, [])) for v in videos], rows)
+
+    done = {**chunk_stats(chunk, videos, clips, writer.written), "model_ids": meta.model_ids,
+            "weight_hashes": meta.weight_hashes, "random_weights": meta.random_weights}
+    out.write_bytes(done_name(chunk), json.dumps(done, indent=1, sort_keys=True).encode())
+    return done
+
+
+def chunk_stats(chunk: int, videos: list[Clip], clips: list[Clip], shards: list[str]) -> dict[str, Any]:
+    """Counts and per-stage times of a chunk (the content of its done file)."""
+    seconds: Counter[str] = Counter()
+    frames: Counter[str] = Counter()
+    for record in [*videos, *clips]:
+        seconds.update(record.timings)
+        frames.update(record.frames_in)
+    rejections = Counter(f"{c.rejection.stage}/{c.rejection.reason}" for c in clips if c.rejection)
+    failures = Counter(f"{v.rejection.stage}/{v.rejection.reason}" for v in videos if v.rejection)
+    kept = [c for c in clips if c.kept]
+    return {
+        "chunk": chunk, "shards": shards,
+        "videos": len(videos), "videos_failed": sum(1 for v in videos if v.rejection),
+        "clips": len(clips), "kept": len(kept), "rejected": len(clips) - len(kept),
+        "video_seconds": sum(v.info.duration_s for v in videos if v.info),
+        "kept_seconds": sum(c.duration_s for c in kept),
+        "kept_frames": sum(c.n_frames for c in kept),
+        "clip_rejections": dict(sorted(rejections.items())),
+        "video_failures": dict(sorted(failures.items())),
+        "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
+        "stage_frames": dict(sorted(frames.items())),
+    }

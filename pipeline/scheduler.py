@@ -1,0 +1,250 @@
+"""The driver loop: feed two actor pools, collect results, and finish chunks as they complete.
+
+Work flows video -> candidate clips -> prepared clip (face crops, audio) -> model outputs:
+
+* ``plan``: a CPU actor probes a video and cuts it into candidate clips (small results);
+* ``prepare``: a CPU actor decodes a clip's audio, runs the cheap filters and crops the face;
+* ``model``: a model actor runs quality, SyncNet, the motion extractor and the audio encoder.
+
+Each call returns a small summary and, separately, an object reference to the clip's arrays; the
+driver only ever reads summaries, and hands references on (prepared crops go from the CPU actor
+to the model actor through the object store, never through the driver). Backpressure keeps at
+most ``ray.max_prepared_clips`` prepared clips waiting, so memory stays bounded whatever the
+input's length. A chunk whose videos and clips are all final is handed to ``on_chunk`` on a
+writer thread, so the actors keep working while its shards are written.
+
+Each actor runs one call at a time, so when a worker process dies or hangs the call responsible
+is known. Failures never stop the loop: a call whose worker dies is retried on the restarted
+actor (``ray.max_attempts`` in all), a call running past ``ray.task_timeout_s`` has its actor
+killed and restarted, and whatever still fails becomes a rejection with stage ``worker``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import ray
+from ray.exceptions import RayActorError, RayError, RayTaskError
+
+from pipeline.clip import Clip
+from pipeline.plan import Chunk
+from pipeline.progress import Progress
+from pipeline.stages.base import error_text
+
+log = logging.getLogger(__name__)
+
+WAIT_S = 1.0
+
+
+class ActorPool:
+    """Actors of one kind (created with ``max_restarts=-1``), each running one call at a time."""
+
+    def __init__(self, name: str, actors: list[Any]):
+        if not actors:
+            raise ValueError(f"the {name} pool needs at least one actor")
+        self.name = name
+        self.actors = actors
+        self.busy = [False] * len(actors)
+        self.restarting: dict[int, Any] = {}  # actor index -> its readiness reference
+
+    def free_actor(self) -> int | None:
+        """An idle actor that is up (one restarting after a crash is not given work yet)."""
+        for index, ready in list(self.restarting.items()):
+            if ray.wait([ready], timeout=0)[0]:
+                del self.restarting[index]
+        return next((i for i, busy in enumerate(self.busy) if not busy and i not in self.restarting), None)
+
+    def restarted(self, index: int) -> None:
+        """The actor died; Ray restarts it. Its next call waits until it is up again, so the time
+        it takes to start (and load its models) never counts against that call's timeout."""
+        self.restarting[index] = self.actors[index].__ray_ready__.remote()
+
+    def kill(self, index: int) -> None:
+        ray.kill(self.actors[index], no_restart=False)
+
+
+@dataclass
+class Task:
+    kind: str                 # "plan" | "prepare" | "model"
+    item: Clip                # the video record or clip summary the call works on
+    pool: ActorPool
+    actor: int
+    started: float
+    result: Any = None        # reference to the full clip (prepare, model)
+    given: Any = None         # the prepared clip's reference a model call received (for retries)
+    timed_out: bool = False
+
+
+@dataclass
+class ChunkState:
+    chunk: Chunk
+    unplanned: int
+    videos: list[Clip] = field(default_factory=list)
+    clips: list[Clip] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)  # clip id -> reference to the full clip
+    open_clips: int = 0
+
+
+class Scheduler:
+    def __init__(self, cfg: Mapping[str, Any], cpu: ActorPool, model: ActorPool,
+                 on_chunk: Callable[[ChunkState], None], progress: Progress):
+        ray_cfg = cfg["ray"]
+        self.cpu, self.model = cpu, model
+        self.on_chunk = on_chunk
+        self.progress = progress
+        self.max_prepared = max(1, int(ray_cfg["max_prepared_clips"]))
+        self.timeout_s = float(ray_cfg["task_timeout_s"])
+        self.max_attempts = max(1, int(ray_cfg["max_attempts"]))
+        self.plan_ahead = 4 * len(cpu.actors)
+        self.videos: deque[Clip] = deque()
+        self.clips: deque[Clip] = deque()
+        self.ready: deque[tuple[Clip, Any]] = deque()
+        self.inflight: dict[Any, Task] = {}
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.chunks: dict[int, ChunkState] = {}
+        self.open_per_video: dict[str, int] = {}
+        self.writes: list[Future] = []
+        self.writer: ThreadPoolExecutor | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, chunks: list[Chunk]) -> None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as self.writer:
+            for chunk in chunks:
+                self.chunks[chunk.index] = ChunkState(chunk, unplanned=len(chunk.videos))
+                for v in chunk.videos:
+                    self.videos.append(Clip(source=v.source, video_id=v.video_id, chunk=chunk.index,
+                                            dataset=v.dataset, language=v.language, speaker=v.speaker))
+                self._maybe_finish(self.chunks[chunk.index])
+            while self.videos or self.clips or self.ready or self.inflight:
+                self._dispatch()
+                done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=WAIT_S)
+                for ref in done:
+                    self._complete(ref, self.inflight.pop(ref))
+                self._check_timeouts()
+                self._check_writes()
+        for write in self.writes:
+            write.result()  # a chunk that could not be written stops the run here
+
+    def _dispatch(self) -> None:
+        while self.ready and (index := self.model.free_actor()) is not None:
+            summary, prepared = self.ready.popleft()
+            refs = self.model.actors[index].process.options(num_returns=2).remote("model", prepared)
+            self._submit("model", summary, self.model, index, refs[0], refs[1], prepared)
+        while (index := self.cpu.free_actor()) is not None:
+            preparing = sum(1 for t in self.inflight.values() if t.kind == "prepare")
+            if self.clips and preparing + len(self.ready) < self.max_prepared:
+                clip = self.clips.popleft()
+                refs = self.cpu.actors[index].process.options(num_returns=2).remote("prepare", clip)
+                self._submit("prepare", clip, self.cpu, index, refs[0], refs[1])
+            elif self.videos and len(self.clips) < self.plan_ahead:
+                video = self.videos.popleft()
+                self._submit("plan", video, self.cpu, index, self.cpu.actors[index].plan_video.remote(video))
+            else:
+                break
+
+    def _submit(self, kind: str, item: Clip, pool: ActorPool, actor: int, ref: Any, result: Any = None,
+                given: Any = None) -> None:
+        """Record a call: ``ref`` is the summary the driver waits for, ``result`` the full clip."""
+        pool.busy[actor] = True
+        self.inflight[ref] = Task(kind, item, pool, actor, time.monotonic(), result, given)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for task in self.inflight.values():
+            if not task.timed_out and now - task.started > self.timeout_s:
+                task.timed_out = True
+                log.warning("%s of %s ran past %.0f s: restarting its worker", task.kind,
+                            _name(task.item), self.timeout_s)
+                task.pool.kill(task.actor)
+
+    def _check_writes(self) -> None:
+        for write in [w for w in self.writes if w.done()]:
+            write.result()  # raises what the writer raised
+            self.writes.remove(write)
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _complete(self, ref: Any, task: Task) -> None:
+        task.pool.busy[task.actor] = False
+        try:
+            value = ray.get(ref)
+        except RayError as exc:
+            self._failed(task, exc)
+            return
+        if task.kind == "plan":
+            video, clips = value
+            self._planned(video, clips)
+        elif task.kind == "prepare":
+            if value.kept:
+                self.ready.append((value, task.result))
+            else:
+                self._final(value)
+        else:
+            if value.kept:
+                self.chunks[value.chunk].results[value.clip_id] = task.result
+            self._final(value)
+
+    def _failed(self, task: Task, exc: RayError) -> None:
+        """A worker died, timed out or raised: retry on the restarted worker, or record a rejection."""
+        item = task.item
+        crashed = isinstance(exc, RayActorError) or not isinstance(exc, RayTaskError)
+        if crashed:
+            task.pool.restarted(task.actor)
+        key = (task.kind, _name(item))
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if crashed and not task.timed_out and self.attempts[key] < self.max_attempts:
+            log.warning("worker died during %s of %s (attempt %d of %d); retrying", task.kind,
+                        _name(item), self.attempts[key], self.max_attempts)
+            if task.kind == "plan":
+                self.videos.appendleft(item)
+            elif task.kind == "prepare":
+                self.clips.appendleft(item)
+            else:
+                self.ready.appendleft((item, task.given))
+            return
+        reason = "timeout" if task.timed_out else ("worker_died" if crashed else "error")
+        item.reject("worker", reason, f"{task.kind}: {error_text(exc)}")
+        if task.kind == "plan":
+            self._planned(item, [])
+        else:
+            self._final(item)
+
+    def _planned(self, video: Clip, clips: list[Clip]) -> None:
+        state = self.chunks[video.chunk]
+        state.videos.append(video)
+        state.unplanned -= 1
+        self.progress.video_planned(video)
+        self.open_per_video[video.video_id] = len(clips)
+        state.open_clips += len(clips)
+        if not clips:
+            self.progress.video_done()
+        for clip in clips:
+            if clip.kept:
+                self.clips.append(clip)
+            else:
+                self._final(clip)
+        self._maybe_finish(state)
+
+    def _final(self, clip: Clip) -> None:
+        state = self.chunks[clip.chunk]
+        state.clips.append(clip)
+        state.open_clips -= 1
+        self.progress.clip_done(clip)
+        self.open_per_video[clip.video_id] -= 1
+        if self.open_per_video[clip.video_id] == 0:
+            self.progress.video_done()
+        self._maybe_finish(state)
+
+    def _maybe_finish(self, state: ChunkState) -> None:
+        if state.unplanned == 0 and state.open_clips == 0 and state.chunk.index in self.chunks:
+            del self.chunks[state.chunk.index]
+            self.writes.append(self.writer.submit(self.on_chunk, state))
+
+
+def _name(item: Clip) -> str:
+    return item.source if item.is_video else f"{item.source} [{item.start_s:.2f}-{item.end_s:.2f}]"

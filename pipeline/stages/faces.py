@@ -1,0 +1,85 @@
+"""Face stage: track the dominant face through the clip, check count and size, and crop it.
+
+Frames are streamed twice in bounded chunks at a working size (longer side at most
+``decode.max_side``): once to track, and once, only for clips that pass, to cut the two crops the
+models need, the LivePortrait crop (256x256) and the SyncNet whole-face crop (224x224). Only the
+crops are kept, so memory is bounded by the clip length, never by the video's resolution.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from filters.cheap import check_faces
+from pipeline.clip import Clip
+from pipeline.decode import DecodeError, iter_video_chunks
+from pipeline.faces import (LIVEPORTRAIT_SIZE, SYNCNET_SIZE, FaceTracker, crop_liveportrait,
+                            crop_syncnet)
+from pipeline.stages.base import Filter
+from shards.format import FPS
+
+# Tracker verdicts that leave no usable face track, whatever the filter mode.
+NO_TRACK = ("no_face", "track_lost")
+
+
+def working_size(width: int, height: int, rotation: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of upright frames scaled so the longer side is at most ``max_side`` (even)."""
+    if rotation in (90, 270):
+        width, height = height, width
+    scale = min(1.0, max_side / max(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+class FaceStage(Filter):
+    name = "faces"
+    sections = ("faces",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        opts = dict(cfg["faces"])
+        # The size threshold is this filter's (filters.faces.min_face_px), so the tracker takes
+        # every size and reports it.
+        self.tracker = FaceTracker(backend=opts.pop("backend"), min_face=0.0,
+                                   weights_dir=cfg["weights"].get("dir"), **opts)
+        self.decode = cfg["decode"]
+
+    def frames(self, clip: Clip):
+        info = clip.info
+        size = working_size(info.width, info.height, info.rotation, int(self.decode["max_side"]))
+        return iter_video_chunks(clip.source, clip.start_s, clip.end_s, fps=FPS,
+                                 chunk_frames=int(self.decode["chunk_frames"]), size=size,
+                                 timeout_s=float(self.decode["timeout_s"]))
+
+    def process(self, clip: Clip) -> None:
+        try:
+            self.track_and_crop(clip)
+        except DecodeError as exc:
+            clip.reject(self.name, exc.reason, exc.message or str(exc))
+
+    def track_and_crop(self, clip: Clip) -> None:
+        track = self.tracker.track(self.frames(clip))
+        clip.scores["face_count"] = float(track.n_faces_max)
+        if track.face_size is not None and np.isfinite(track.face_size):
+            clip.scores["face_size"] = float(track.face_size)
+        if not track.ok and track.reason in NO_TRACK:
+            clip.reject(self.name, track.reason)
+            return
+        limits = self.settings("faces")
+        self.verdict(clip, "faces", check_faces(int(track.n_faces_max), float(track.face_size or 0.0),
+                                                int(limits["max_faces"]), float(limits["min_face_px"])))
+        if not clip.kept:
+            return
+        n = clip.n_frames
+        lp = np.empty((n, LIVEPORTRAIT_SIZE, LIVEPORTRAIT_SIZE, 3), np.uint8)
+        sync = np.empty((n, SYNCNET_SIZE, SYNCNET_SIZE, 3), np.uint8)
+        start = 0
+        for chunk in self.frames(clip):
+            stop = start + len(chunk)
+            if stop > n:
+                raise ValueError(f"decoded more than the clip's {n} frames")
+            part = track.slice(start, stop)
+            lp[start:stop] = crop_liveportrait(chunk, part)
+            sync[start:stop] = crop_syncnet(chunk, part)
+            start = stop
+        if start != n:
+            raise ValueError(f"decoded {start} frames, expected {n}")
+        clip.lp_crops, clip.sync_crops = lp, sync

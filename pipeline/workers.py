@@ -1,0 +1,59 @@
+"""The two kinds of worker the driver runs as Ray actors: stage lists built once, called per item.
+
+A worker builds its stages (and so loads its models) once, in its constructor, and then serves
+calls. Each call returns a small summary (the clip without its arrays) separately from the full
+clip, so the driver decides from a few hundred bytes while crops and features stay in the object
+store until the next worker or the shard writer needs them.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Mapping
+
+from pipeline.clip import Clip
+from pipeline.stages import GROUPS, build_stage
+
+
+def configure_threads(n: int) -> None:
+    """Limit intra-op threads of torch and OpenCV so actors do not oversubscribe the cores."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    cv2.setNumThreads(max(1, n))
+
+
+class StageWorker:
+    """Runs the stages of the named groups; the CPU worker serves ``video`` and ``prepare``, the
+    model worker ``model``."""
+
+    def __init__(self, groups: tuple[str, ...], cfg: Mapping[str, Any]):
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        configure_threads(int(cfg["ray"]["torch_threads"]))
+        self.groups = {group: [build_stage(name, cfg) for name in GROUPS[group]] for group in groups}
+
+    def run(self, group: str, clips: list[Clip]) -> list[Clip]:
+        for stage in self.groups[group]:
+            clips = stage(clips)
+        return clips
+
+    def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
+        """Probe a whole-video record and cut it into candidate clips (no arrays)."""
+        probe, shots = self.groups["video"]
+        (video,) = probe([video])
+        if not video.kept:
+            return video, []
+        clips = shots([video])
+        return (video, []) if not video.kept else (video, clips)
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        """(summary, full clip or None when rejected)."""
+        (clip,) = self.run(group, [clip])
+        return clip.summary(), (clip if clip.kept else None)
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """{stage: {model_id, weight_id}} of the stages that run a model; also proves they loaded."""
+        return {stage.name: stage.describe() for stages in self.groups.values() for stage in stages
+                if stage.describe()}

@@ -1,0 +1,82 @@
+"""The driver loop under failure: a worker process that dies and a call that hangs become recorded
+rejections, every other clip completes, and each chunk is finished exactly once.
+
+The actors here are real Ray actors; their worker class misbehaves on purpose for named inputs
+(the stages' own error handling is tested elsewhere: here it is the processes that fail).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import ray
+
+from pipeline.clip import Clip, VideoInfo
+from pipeline.config import load_config
+from pipeline.inputs import InputVideo
+from pipeline.plan import Chunk
+from pipeline.progress import Progress
+from pipeline.scheduler import ActorPool, Scheduler
+from tests.pipeline_kit import ray_session  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+INFO = VideoInfo(duration_s=2.0, fps=25.0, is_vfr=False, width=64, height=64, rotation=0,
+                 has_video=True, has_audio=True)
+
+
+class MisbehavingWorker:
+    """Two one-second clips per video; ``die_*`` sources kill the process, ``hang_*`` ones never return."""
+
+    def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
+        if "die_plan" in video.source:
+            os._exit(1)
+        video.info = INFO
+        return video, [video.span_clip(0.0, 1.0), video.span_clip(1.0, 2.0)]
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        if clip.start_s == 1.0 and f"die_{group}" in clip.source:
+            os._exit(1)
+        if clip.start_s == 1.0 and f"hang_{group}" in clip.source:
+            time.sleep(3600)
+        clip.scores[group] = 1.0
+        return clip.summary(), clip
+
+
+def test_dead_and_hung_workers_become_rejections(ray_session):  # noqa: F811
+    cfg = load_config("pipeline", ["ray.task_timeout_s=5", "ray.max_attempts=2"])
+    worker = ray.remote(MisbehavingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote() for _ in range(2)])
+    model = ActorPool("model", [worker.remote()])
+    ray.get([a.__ray_ready__.remote() for a in cpu.actors + model.actors])
+    names = ["ok_a", "die_plan", "die_prepare", "hang_model", "ok_b"]
+    chunks = [Chunk(i, (InputVideo(f"/videos/{name}.mp4"),)) for i, name in enumerate(names)]
+    finished = {}
+
+    def on_chunk(state) -> None:
+        assert state.chunk.index not in finished, "a chunk must be finished once"
+        finished[state.chunk.index] = (state.videos, sorted(state.clips, key=lambda c: c.start_s),
+                                       {k: ray.get(v) for k, v in state.results.items()})
+
+    try:
+        Scheduler(cfg, cpu, model, on_chunk, Progress(len(names), enabled=False)).run(chunks)
+    finally:
+        for actor in cpu.actors + model.actors:
+            ray.kill(actor)
+
+    assert sorted(finished) == list(range(len(names)))
+    outcome = {}
+    for index, name in enumerate(names):
+        videos, clips, results = finished[index]
+        assert len(videos) == 1
+        outcome[name] = (videos[0].rejection and (videos[0].rejection.stage, videos[0].rejection.reason),
+                         [c.rejection and (c.rejection.stage, c.rejection.reason) for c in clips])
+        for clip in clips:
+            if clip.kept:  # kept clips went through both groups and their full record is fetchable
+                assert clip.scores == {"prepare": 1.0, "model": 1.0}
+                assert results[clip.clip_id].scores == clip.scores
+    assert outcome["ok_a"] == outcome["ok_b"] == (None, [None, None])
+    assert outcome["die_plan"] == (("worker", "worker_died"), [])
+    assert outcome["die_prepare"] == (None, [None, ("worker", "worker_died")])
+    assert outcome["hang_model"] == (None, [None, ("worker", "timeout")])
