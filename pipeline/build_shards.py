@@ -222,6 +222,16 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     return this_run
 
 
+def audio_encoder_record(cfg: DictConfig) -> dict[str, Any]:
+    """Which encoder made the audio features, so a checkpoint trained on them can encode new speech."""
+    enc = cfg.models.audio_encoder
+    if cfg.weights.random:
+        weights = "random" + (f":{enc.random_config}" if enc.random_config else "")
+    else:
+        weights = str(enc.weights) if enc.weights else None
+    return {"name": str(enc.name), "weights": weights}
+
+
 def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float,
              this_run: dict[str, Any]) -> dict[str, Any]:
     """Gather every done chunk into the manifests, stats.json, config.yaml and run.json (last)."""
@@ -232,6 +242,7 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
     train_shards = [s for s, split in zip(kept.column("shard").to_pylist(), kept.column("split").to_pylist())
                     if split == "train"]
     stats = compute_stats(out, train_shards)
+    stats["audio_feat"]["encoder"] = audio_encoder_record(cfg)
     out.write_bytes(STATS_FILE, json.dumps(stats).encode())
     save_config(cfg, out.local_path(CONFIG_FILE))
     out.publish(CONFIG_FILE)

@@ -59,7 +59,7 @@ def _as_list(values: np.ndarray | None) -> list[float]:
 
 def compute_stats(out: OutputDir, shard_names: Iterable[str]) -> dict[str, Any]:
     """Statistics over every training-split sample of the named shards."""
-    vector, feat = RunningMoments(), RunningMoments()
+    vector, feat, kp = RunningMoments(), RunningMoments(), RunningMoments()
     n_clips = 0
     for name in sorted(set(shard_names)):
         path = out.open_local(f"{SHARDS}/{name}")
@@ -69,6 +69,7 @@ def compute_stats(out: OutputDir, shard_names: Iterable[str]) -> dict[str, Any]:
                     continue
                 vector.update(motion_to_vector(sample["motion"]))
                 feat.update(sample["audio_feat"].astype(np.float64))
+                kp.update(sample["motion"]["kp"].reshape(-1, 63).astype(np.float64))
                 n_clips += 1
         finally:
             if out.remote:
@@ -80,4 +81,6 @@ def compute_stats(out: OutputDir, shard_names: Iterable[str]) -> dict[str, Any]:
                    "min": _as_list(vector.min), "max": _as_list(vector.max)},
         "audio_feat": {"dim": 0 if feat.mean is None else int(len(feat.mean)), "mean": _as_list(feat.mean),
                        "std": _as_list(feat.std if feat.n else None)},
+        # Mean canonical keypoints: the neutral face generated motion is drawn on (templates, previews).
+        "kp": {"dim": 63, "mean": _as_list(kp.mean)},
     }

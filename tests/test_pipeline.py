@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from pipeline.build_shards import main
 from pipeline.split import split_of
@@ -153,3 +154,34 @@ def test_missing_weights_fail_fast_naming_the_files(tmp_path: Path, caplog):
         assert name in text
     assert "python -m pipeline.weights fetch" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_output_audits_clean_trains_and_samples(built, media, tmp_path):
+    """The whole path on the job's real output: audit, a few training steps, speech -> template."""
+    import pickle
+
+    from manifests.audit import main as audit
+    from training.run import run_from_args
+    from training.sample import main as sample
+
+    out, _, _ = built
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["audio_feat"]["encoder"] == {"name": "chinese_hubert_base", "weights": "random:small"}
+    assert len(stats["kp"]["mean"]) == 63
+    assert audit([str(out), "--deep"]) == 0
+
+    run_dir = tmp_path / "run"
+    summary = run_from_args(["--shards", str(out), "--out", str(run_dir), "model.audio_dim=64",
+                             "model.width=32", "model.layers=1", "model.heads=2", "model.w_pre=5",
+                             "model.w_cur=10", "train.max_steps=4", "train.val_every=1000",
+                             "train.ckpt_every=4", "train.threads=1", "train.progress=false",
+                             "data.batch_size=4", "data.num_workers=0"])
+    assert summary["step"] == 4
+    motion = tmp_path / "motion.pkl"
+    # No --audio-encoder: the checkpoint's statistics say which encoder made the features.
+    assert sample(["--checkpoint", str(run_dir / "checkpoint.pt"), "--audio",
+                   str(media / "joyvasa_006.wav"), "--out", str(motion), "--steps", "2",
+                   "--sampler", "ddim"]) == 0
+    template = pickle.loads(motion.read_bytes())
+    seconds = sf.info(str(media / "joyvasa_006.wav")).duration
+    assert template["n_frames"] == len(template["motion"]) == int(np.ceil(seconds * FPS))
