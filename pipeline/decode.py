@@ -136,17 +136,8 @@ def _video_chunks(source: str, start_s: float, end_s: float, fps: int, chunk_fra
         target = ticks(start_s)  # time of the next output frame, in ticks
         emitted = 0
         last_end = None          # where the newest decoded frame stops showing, in ticks
-        failures = 0
-        packets = container.demux(stream)
-        while emitted < total:
-            try:
-                packet = next(packets)
-                frames = packet.decode()
-            except StopIteration:
-                break
-            except av.error.FFmpegError:
-                failures += 1
-                continue
+        packets = _Packets(container, stream)
+        for frames in packets:
             for frame in frames:
                 pts = frame.pts if frame.pts is not None else (last_end if last_end is not None else target)
                 if picker.empty:
@@ -161,6 +152,8 @@ def _video_chunks(source: str, start_s: float, end_s: float, fps: int, chunk_fra
                 last_end = pts + int(step)
                 if emitted >= total:
                     break
+            if emitted >= total:
+                break
 
         if emitted < total:
             final_target = ticks(start_s + (total - 1) / fps)
@@ -170,10 +163,31 @@ def _video_chunks(source: str, start_s: float, end_s: float, fps: int, chunk_fra
             while emitted < total:  # the last frame lasts to the end of the stream
                 yield from picker.emit(chunk_frames)
                 emitted += 1
-        if failures:
-            raise DecodeError("corrupt", f"{failures} packets of {source} failed to decode in "
+        if packets.failures:
+            raise DecodeError("corrupt", f"{packets.failures} packets of {source} failed to decode in "
                               f"[{start_s:.2f}, {end_s:.2f}) s")
         yield from picker.flush()
+
+
+class _Packets:
+    """Decoded frames of one stream, packet by packet. A packet that fails to decode is counted in
+    ``failures`` and skipped, so a damaged stretch is reported once, after the span is read."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream):
+        self._packets = container.demux(stream)
+        self.failures = 0
+
+    def __iter__(self) -> Iterator[list[av.frame.Frame]]:
+        while True:
+            try:
+                packet = next(self._packets)
+                frames = packet.decode()
+            except StopIteration:
+                return
+            except av.error.FFmpegError:
+                self.failures += 1
+                continue
+            yield frames
 
 
 class _FramePicker:
@@ -276,7 +290,6 @@ def _decode_audio(source: str, start_s: float, n_samples: int, sample_rate: int)
         first_time = None       # file time of the first resampled sample
         decoded_until = None    # file time just after the last resampled sample
         first_input = None      # file time of the first decoded frame, when the resampler drops pts
-        failures = 0
 
         def take(frames: list[av.AudioFrame]) -> None:
             nonlocal first_time, decoded_until
@@ -288,20 +301,14 @@ def _decode_audio(source: str, start_s: float, n_samples: int, sample_rate: int)
                 pieces.append(samples)
                 decoded_until += len(samples) / sample_rate
 
-        packets = container.demux(stream)
-        while decoded_until is None or decoded_until < end_abs:
-            try:
-                packet = next(packets)
-                frames = packet.decode()
-            except StopIteration:
-                break
-            except av.error.FFmpegError:
-                failures += 1
-                continue
+        packets = _Packets(container, stream)
+        for frames in packets:
             for frame in frames:
                 if first_input is None:
                     first_input = frame.time
                 take(resampler.resample(frame))
+            if decoded_until is not None and decoded_until >= end_abs:
+                break
         take(resampler.resample(None))
 
     if first_time is None:
@@ -316,8 +323,8 @@ def _decode_audio(source: str, start_s: float, n_samples: int, sample_rate: int)
     if missing > END_TOLERANCE_S * sample_rate:
         raise DecodeError("truncated", f"the audio of {source} ends {missing / sample_rate:.2f} s "
                           "before the span does")
-    if failures:
-        raise DecodeError("corrupt", f"{failures} audio packets of {source} failed to decode")
+    if packets.failures:
+        raise DecodeError("corrupt", f"{packets.failures} audio packets of {source} failed to decode")
     if missing > 0:
         span = np.concatenate([span, np.zeros(missing, np.float32)])
     return np.ascontiguousarray(span, dtype=np.float32)

@@ -18,3 +18,15 @@ def media() -> Path:
             pytest.fail(msg + "; CI=true requires it")
         pytest.skip(msg)
     return media_dir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads():
+    """Two intra-op threads for every test: the size of the machines this suite runs on, and no
+    oversubscription when Ray workers or loader processes run beside the test process."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)

@@ -17,14 +17,6 @@ from shards.format import FPS, SAMPLE_RATE
 pytestmark = pytest.mark.filterwarnings("ignore:AudioEncoder uses RANDOM weights")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def encoder() -> AudioEncoder:
     return AudioEncoder("random", random_config="small")

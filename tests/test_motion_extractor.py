@@ -24,14 +24,6 @@ REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "liveportrait_motion_ext
 N_PARAMS = 28_118_728
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference_shapes() -> dict[str, list[int]]:
     if not REFERENCE.is_file():

@@ -6,17 +6,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from filters.quality import AGGREGATES, MetricUnavailableError, QualityScorer, sample_indices
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

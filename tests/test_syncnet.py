@@ -18,14 +18,6 @@ from pipeline.media import REPO_ROOT
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "syncnet_v2.keys.json"
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory) -> tuple[SyncNet, Path, dict[str, torch.Tensor]]:
     """A random SyncNet with perturbed weights and BatchNorm statistics, saved as the released file
