@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, VIDEOS
+from pipeline.stats import RunningMoments
 from shards.format import FPS, MEMBERS, MOTION_SHAPES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from shards.reader import SampleError, decode_sample, iter_raw
 from shards.vector import VECTOR_DIM, motion_to_vector
@@ -345,40 +346,6 @@ def check_stats_counts(stats: dict | None, error: str | None, clips: pd.DataFram
 
 
 @dataclass
-class Moments:
-    """Per-dimension count, mean, sum of squared deviations, min and max; mergeable (Chan et al.)."""
-
-    n: int = 0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
-
-    def add(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, dtype=np.float64)
-        mean = rows.mean(0)
-        self.merge(Moments(len(rows), mean, ((rows - mean) ** 2).sum(0), rows.min(0), rows.max(0)))
-
-    def merge(self, other: Moments) -> None:
-        if other.n == 0:
-            return
-        if self.n == 0:
-            self.n, self.mean, self.m2, self.low, self.high = (
-                other.n, other.mean, other.m2, other.low, other.high)
-            return
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        self.mean = self.mean + delta * other.n / n
-        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / n
-        self.low, self.high = np.minimum(self.low, other.low), np.maximum(self.high, other.high)
-        self.n = n
-
-    @property
-    def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / self.n)
-
-
-@dataclass
 class ShardReport:
     """What one worker found in one shard."""
 
@@ -388,8 +355,8 @@ class ShardReport:
     error: str | None = None  # unreadable or truncated: the listing stops there
     error_key: str | None = None
     problems: list[Problem] = field(default_factory=list)  # content problems (deep)
-    vector: Moments = field(default_factory=Moments)  # training-split vectors seen (deep)
-    audio_feat: Moments = field(default_factory=Moments)
+    vector: RunningMoments = field(default_factory=RunningMoments)  # training-split vectors seen (deep)
+    audio_feat: RunningMoments = field(default_factory=RunningMoments)
     samples_read: int = 0
     train_samples_ok: int = 0  # training samples read without any problem, counted in the moments
 
@@ -480,8 +447,8 @@ def _check_sample(raw: dict[str, Any], expected: ExpectedSample, report: ShardRe
         # The pipeline computes the statistics by the split its samples record.
         problem("meta_mismatch", f"sample says split {meta['split']!r}, the manifest {expected.split!r}")
     if expected.train and not any(p.key == key for p in report.problems):
-        report.vector.add(motion_to_vector(sample["motion"]))
-        report.audio_feat.add(sample["audio_feat"])
+        report.vector.update(motion_to_vector(sample["motion"]))
+        report.audio_feat.update(sample["audio_feat"])
         report.train_samples_ok += 1
 
 
@@ -616,7 +583,7 @@ def compare_listings(reports: list[ShardReport], kept_rows: pd.DataFrame,
 
 def compare_stats(stats: dict | None, reports: Iterable[ShardReport]) -> list[Problem]:
     """Statistics recomputed from the training split's samples against ``stats.json``."""
-    vector, audio = Moments(), Moments()
+    vector, audio = RunningMoments(), RunningMoments()
     for report in reports:
         vector.merge(report.vector)
         audio.merge(report.audio_feat)
@@ -630,7 +597,7 @@ def compare_stats(stats: dict | None, reports: Iterable[ShardReport]) -> list[Pr
                                     ("audio_feat", audio, ("mean", "std"))):
         block = stats.get(section) or {}
         spread = np.maximum(moments.std, 1e-6)
-        recomputed = {"mean": moments.mean, "std": moments.std, "min": moments.low, "max": moments.high}
+        recomputed = {"mean": moments.mean, "std": moments.std, "min": moments.min, "max": moments.max}
         for name in names:
             values = np.asarray(block.get(name, []), dtype=np.float64)
             if values.shape != recomputed[name].shape:

@@ -21,7 +21,8 @@ FORMAT_VERSION = 1
 
 
 class RunningMoments:
-    """Count, mean, sum of squared deviations, min and max per column, updated batch by batch."""
+    """Count, mean, sum of squared deviations, min and max per column, updated batch by batch and
+    mergeable across workers (Chan et al.'s parallel update, float64)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -34,18 +35,23 @@ class RunningMoments:
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or len(rows) == 0:
             return
-        n_b, mean_b = len(rows), rows.mean(0)
-        m2_b = ((rows - mean_b) ** 2).sum(0)
-        if self.n == 0:
-            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
-            self.min, self.max = rows.min(0), rows.max(0)
+        batch = RunningMoments()
+        batch.n, batch.mean = len(rows), rows.mean(0)
+        batch.m2 = ((rows - batch.mean) ** 2).sum(0)
+        batch.min, batch.max = rows.min(0), rows.max(0)
+        self.merge(batch)
+
+    def merge(self, other: "RunningMoments") -> None:
+        if other.n == 0:
             return
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * n_b / n
-        self.m2 = self.m2 + m2_b + delta**2 * self.n * n_b / n
-        self.min = np.minimum(self.min, rows.min(0))
-        self.max = np.maximum(self.max, rows.max(0))
+        if self.n == 0:
+            self.n, self.mean, self.m2, self.min, self.max = other.n, other.mean, other.m2, other.min, other.max
+            return
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * other.n / n
+        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / n
+        self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
         self.n = n
 
     @property
