@@ -131,6 +131,16 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def save_plots(out_dir: Path, summary: dict[str, Any], example: tuple[str, np.ndarray, np.ndarray]
                ) -> list[Path]:
     """dynamics.png (generated vs real per group) and example.png (one clip's lip and pose curves)."""
@@ -154,11 +164,7 @@ def save_plots(out_dir: Path, summary: dict[str, Any], example: tuple[str, np.nd
         ax.set_title(stat.replace("_mean", " (mean norm per frame)"))
     axes[0].legend()
     fig.tight_layout()
-    path = out_dir / "dynamics.png"
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(fig, out_dir / "dynamics.png"))
 
     key, real, gen = example
     seconds = np.arange(len(real)) / FPS
@@ -176,11 +182,7 @@ def save_plots(out_dir: Path, summary: dict[str, Any], example: tuple[str, np.nd
     axes[0].set_title(f"clip {key}")
     axes[-1].set_xlabel("seconds")
     fig.tight_layout()
-    path = out_dir / "example.png"
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save_figure(fig, out_dir / "example.png"))
     return written
 
 
