@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from pipeline.clip import Clip
-from pipeline.motion_extractor import extract, load_motion_extractor
+from pipeline.motion_extractor import extract, load_motion_extractor, on_onnx_cpu
+from pipeline.onnx_cpu import use_onnx
 from pipeline.stages.base import Stage
 from pipeline.stages.models import device_for, dtype_for, weights_choice
 from pipeline.weights import weight_id
@@ -37,6 +38,9 @@ class MotionStage(Stage):
         self.model = load_motion_extractor(self.weights, device=self.device,
                                            dtype=dtype_for(opts.get("dtype"), self.device),
                                            seed=int(cfg["weights"]["seed"]))
+        if use_onnx(cfg, self.device):
+            self.model = on_onnx_cpu(self.model, threads=int(cfg["ray"]["torch_threads"]),
+                                     cache_dir=cfg["models"].get("onnx_cache_dir"))
         self.batch_size = batch_size(opts["batch_size"], self.device)
 
     def process(self, clip: Clip) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.syncnet import load_syncnet, sync_scores
+from filters.syncnet import SyncNetOnnxCpu, load_syncnet, sync_scores
 from pipeline.clip import Clip
 from pipeline.stages.base import Filter
+from pipeline.onnx_cpu import use_onnx
 from pipeline.stages.models import device_for, weights_choice
 from pipeline.weights import weight_id
 from shards.format import SAMPLES_PER_FRAME
@@ -42,6 +43,9 @@ class SyncStage(Filter):
         self.device = device_for(cfg)
         self.weights = weights_choice(cfg, "syncnet", MODEL_NAME)
         self.model = load_syncnet(self.weights, device=self.device, seed=int(cfg["weights"]["seed"]))
+        if use_onnx(cfg, self.device):
+            self.model = SyncNetOnnxCpu(self.model, threads=int(cfg["ray"]["torch_threads"]),
+                                        cache_dir=cfg["models"].get("onnx_cache_dir"))
         self.opts = self.settings("sync")
 
     def process(self, clip: Clip) -> None:
