@@ -68,9 +68,12 @@ def bench_syncnet(n_frames: int, device: str) -> list[dict]:
     crops = rng.integers(0, 256, (total, 224, 224, 3), dtype=np.uint8)
     audio = (rng.normal(size=total * SAMPLES_PER_FRAME) * 0.1).astype(np.float32)
     sync_scores(model, crops[:WINDOW_FRAMES + 1], audio[:(WINDOW_FRAMES + 1) * SAMPLES_PER_FRAME])  # warm-up
-    seconds = timed(lambda: sync_scores(model, crops, audio, batch_size=64))
-    return [row("syncnet (224 px, 5-frame windows + MFCC)", min(64, n_frames), n_frames, seconds,
-                "frames = scored windows, including MFCC and scoring")]
+    rows = []
+    for stride in (1, 2):
+        seconds = timed(lambda k=stride: sync_scores(model, crops, audio, batch_size=64, window_stride=k))
+        rows.append(row(f"syncnet (224 px, 5-frame windows + MFCC), window stride {stride}", min(64, n_frames),
+                        n_frames, seconds, "frames = frames scored, including MFCC and scoring"))
+    return rows
 
 
 def bench_faces(n_frames: int) -> tuple[list[dict], str | None]:

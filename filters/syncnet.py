@@ -17,6 +17,12 @@ Protocol (syncnet_python's ``evaluate``):
 - per-window confidence = median of the mean distances - that window's distance at the best shift
   (syncnet_python's ``fconf``, which it then smooths with a 9-tap median filter for display).
 
+``window_stride`` > 1 (an option, not syncnet_python's protocol) runs the lip tower on every k-th
+window only, while the cheap audio tower still runs on every window, so offsets keep their
+one-frame resolution: the mean distance per shift is then the mean over an evenly spaced subsample
+of the windows, an unbiased estimate of the full mean. The lip tower is most of SyncNet's cost
+(bench/models.py), so stride 2 nearly halves it.
+
 Sign of the offset: a positive offset means the audio leads the video (the sound of a lip movement
 arrives ``offset`` frames early); audio that lags the video by k frames gives offset = -k.
 """
@@ -165,17 +171,20 @@ class SyncResult:
 
 
 def score_embeddings(video: np.ndarray | torch.Tensor, audio: np.ndarray | torch.Tensor,
-                     vshift: int = 15) -> SyncResult:
-    """The scoring math alone: paired window embeddings (n, D) -> SyncResult."""
+                     vshift: int = 15, windows: np.ndarray | torch.Tensor | None = None) -> SyncResult:
+    """The scoring math alone: lip embeddings (m, D) of the windows ``windows`` (m,) (None: every
+    window, m == n) against the audio embeddings (n, D) of every window -> SyncResult."""
     video = torch.as_tensor(video, dtype=torch.float32)
     audio = torch.as_tensor(audio, dtype=torch.float32)
-    if video.ndim != 2 or video.shape != audio.shape or len(video) == 0:
-        raise ValueError(f"need two equal non-empty (n, D) embeddings, got {tuple(video.shape)} "
-                         f"and {tuple(audio.shape)}")
-    n, width = len(video), 2 * vshift + 1
+    index = torch.arange(len(audio)) if windows is None else torch.as_tensor(windows, dtype=torch.long)
+    if video.ndim != 2 or audio.ndim != 2 or video.shape[1] != audio.shape[1] or len(video) == 0 \
+            or len(index) != len(video) or (len(index) and int(index.max()) >= len(audio)):
+        raise ValueError(f"need lip embeddings (m, D) for m windows of the audio embeddings (n, D), got "
+                         f"{tuple(video.shape)} for {len(index)} windows and {tuple(audio.shape)}")
+    width = 2 * vshift + 1
     padded = F.pad(audio, (0, 0, vshift, vshift))
-    candidates = padded[torch.arange(n)[:, None] + torch.arange(width)[None, :]]  # (n, width, D)
-    dists = F.pairwise_distance(video[:, None, :].expand_as(candidates), candidates)  # (n, width)
+    candidates = padded[index[:, None] + torch.arange(width)[None, :]]  # (m, width, D)
+    dists = F.pairwise_distance(video[:, None, :].expand_as(candidates), candidates)  # (m, width)
     mean_dist = dists.mean(0)
     min_dist, best = torch.min(mean_dist, 0)
     median = torch.median(mean_dist)
@@ -195,28 +204,33 @@ def mfcc_columns(audio: np.ndarray) -> np.ndarray:
 
 
 def sync_scores(model: SyncNet | SyncNetOnnxCpu, crops: np.ndarray, audio: np.ndarray, vshift: int = 15,
-                batch_size: int = 64) -> SyncResult:
-    """Score lip sync of 25 fps RGB face crops (T, 224, 224, 3) uint8 against 16 kHz mono audio."""
+                batch_size: int = 64, window_stride: int = 1) -> SyncResult:
+    """Score lip sync of 25 fps RGB face crops (T, 224, 224, 3) uint8 against 16 kHz mono audio;
+    the lip tower sees every ``window_stride``-th window (1: every window, as syncnet_python)."""
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):
         raise ValueError(f"expected uint8 RGB crops (T, {CROP_SIZE}, {CROP_SIZE}, 3), got {crops.dtype} {crops.shape}")
     audio = np.asarray(audio)
     if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
         raise ValueError(f"expected float mono audio (N,), got {audio.dtype} {audio.shape}")
+    if window_stride < 1:
+        raise ValueError(f"window_stride must be >= 1, got {window_stride}")
     n_windows = min(len(crops), len(audio) // SAMPLES_PER_FRAME) - WINDOW_FRAMES
     if n_windows < 1:
         raise ValueError(f"too short for SyncNet: {len(crops)} frames, {len(audio) / SAMPLE_RATE:.2f} s of audio "
                          f"(needs at least {WINDOW_FRAMES + 1} frames of both)")
     mfcc = torch.from_numpy(mfcc_columns(audio).astype(np.float32))
     device = placement(model)[0]
+    windows = np.arange(0, n_windows, window_stride)
     video_emb, audio_emb = [], []
     with torch.inference_mode():
         for start in range(0, n_windows, batch_size):
             stop = min(n_windows, start + batch_size)
-            bgr = np.ascontiguousarray(crops[start:stop + WINDOW_FRAMES - 1, :, :, ::-1])
-            frames = torch.from_numpy(bgr).to(device).float().permute(3, 0, 1, 2)  # (3, frames, H, W)
-            windows = frames.unfold(1, WINDOW_FRAMES, 1).permute(1, 0, 4, 2, 3)   # (n, 3, 5, H, W)
-            video_emb.append(model.forward_video(windows.contiguous()).cpu())
             cols = torch.stack([mfcc[:, MFCC_PER_FRAME * v:MFCC_PER_FRAME * v + MFCC_WINDOW]
                                 for v in range(start, stop)])[:, None]  # (n, 1, 13, 20)
             audio_emb.append(model.forward_audio(cols.to(device)).cpu())
-    return score_embeddings(torch.cat(video_emb), torch.cat(audio_emb), vshift)
+        for first in range(0, len(windows), batch_size):
+            chosen = windows[first:first + batch_size]
+            frames = np.stack([crops[v:v + WINDOW_FRAMES, :, :, ::-1] for v in chosen])  # (m, 5, H, W, 3) BGR
+            batch = torch.from_numpy(frames).to(device).float().permute(0, 4, 1, 2, 3)  # (m, 3, 5, H, W)
+            video_emb.append(model.forward_video(batch.contiguous()).cpu())
+    return score_embeddings(torch.cat(video_emb), torch.cat(audio_emb), vshift, windows)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
 from pipeline.config import load_config, save_config, to_dict  # noqa: E402
-from pipeline.inputs import list_inputs  # noqa: E402
+from pipeline.inputs import list_inputs, s3_settings  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
@@ -133,9 +133,10 @@ def start_ray(cfg: DictConfig) -> bool:
     if ray.is_initialized():
         return False
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    if cfg.ray.address:
+    if cfg.ray.address:  # the cluster's workers get this process's S3 endpoint, not its credentials
         ray.init(address=cfg.ray.address, log_to_driver=True,
-                 runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES})
+                 runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
+                              "env_vars": s3_settings()})
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # inside `ray job submit`: the job's working dir is already set
     else:

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -67,6 +67,11 @@ def has_scheme(source: str) -> bool:
     return "://" in source
 
 
+# Where S3 requests go when set, first one wins (the AWS SDKs' names), and the region to sign with.
+S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+S3_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION")
+
+
 def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem holding ``source`` and the path inside it.
 
@@ -74,10 +79,39 @@ def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
     """
     if has_scheme(source):
         try:
+            if source.split("://", 1)[0].lower() == "s3" and s3_endpoint():
+                return _s3_endpoint_filesystem(source)
             return pafs.FileSystem.from_uri(source)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"cannot open filesystem for {source!r}: {exc}") from exc
     return pafs.LocalFileSystem(), os.path.abspath(source)
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint URL set in the environment (``AWS_ENDPOINT_URL_S3`` before
+    ``AWS_ENDPOINT_URL``), or None for AWS itself."""
+    return next((os.environ[v] for v in S3_ENDPOINT_VARS if os.environ.get(v)), None)
+
+
+def s3_settings() -> dict[str, str]:
+    """The endpoint and region variables that are set, for Ray workers that do not inherit this
+    process's environment (nodes of a cluster joined with ``--address``)."""
+    return {v: os.environ[v] for v in S3_ENDPOINT_VARS + S3_REGION_VARS if os.environ.get(v)}
+
+
+def _s3_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
+    """An S3 filesystem for an S3-compatible store (MinIO, Ceph, moto, ...) at ``s3_endpoint()``.
+
+    Why: pyarrow's ``S3FileSystem()`` ignores the endpoint variables (apache/arrow#49643) and
+    whether ``FileSystem.from_uri`` honours them depends on the pyarrow build, so requests
+    could go to AWS. Credentials still come from pyarrow's default chain (``AWS_ACCESS_KEY_ID``, ...).
+    The path is ``bucket/key``, as ``from_uri`` returns it.
+    """
+    url = s3_endpoint()
+    parts = urlsplit(url if "://" in url else "https://" + url)
+    region = next((os.environ[v] for v in S3_REGION_VARS if os.environ.get(v)), "us-east-1")
+    fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme.lower(), region=region)
+    return fs, unquote(source.split("://", 1)[1].split("?", 1)[0]).rstrip("/")
 
 
 def _uri_prefix(source: str) -> str:

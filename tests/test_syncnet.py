@@ -102,6 +102,22 @@ def test_scoring_math_matches_brute_force():
     assert r.dists.shape == (11,) and r.frame_conf.shape == (23,)
 
 
+def test_scoring_a_subsample_of_windows_matches_brute_force():
+    """Lip embeddings of every 3rd window against audio embeddings of all windows."""
+    rng = np.random.default_rng(1)
+    video, audio = rng.normal(size=(2, 23, 16)).astype(np.float32)
+    windows = np.arange(0, 23, 3)
+    _, _, _, _, all_dists = brute_force_scores(video, audio, vshift=5)
+    r = score_embeddings(video[windows], audio, vshift=5, windows=windows)
+    padded = np.pad(audio, ((5, 5), (0, 0)))
+    dists = np.array([[np.linalg.norm(video[i] - padded[i + j] + 1e-6) for j in range(11)] for i in windows])
+    np.testing.assert_allclose(r.dists, dists.mean(0), rtol=1e-5)
+    assert r.offset == 5 - int(dists.mean(0).argmin()) and r.frame_conf.shape == (len(windows),)
+    assert not np.allclose(r.dists, all_dists, rtol=1e-3)  # a different (sub)sample, a different mean
+    with pytest.raises(ValueError, match="windows"):
+        score_embeddings(video[windows], audio, vshift=5, windows=windows[:-1])
+
+
 @pytest.mark.parametrize("lag", [-6, -1, 0, 2, 5])
 def test_scoring_recovers_a_known_shift(lag):
     """Audio that lags the video by ``lag`` frames (audio[m] == video[m - lag]) gives offset == -lag."""
@@ -155,6 +171,11 @@ def test_sync_scores_follow_syncnet_python_on_real_media(saved, media):
     assert result.dist == pytest.approx(expected.dist, rel=1e-4)
     np.testing.assert_allclose(result.dists, expected.dists, rtol=1e-4)
     np.testing.assert_allclose(result.frame_conf, expected.frame_conf, rtol=1e-3, atol=1e-4)
+    # A window stride runs the lip tower on windows 0, 2 only, against every audio window.
+    strided = sync_scores(model, rgb, samples.astype(np.float32) / 32768.0, vshift=2, window_stride=2)
+    every_other = score_embeddings(video[::2], audio, vshift=2, windows=np.arange(0, n_windows, 2))
+    np.testing.assert_allclose(strided.dists, every_other.dists, rtol=1e-4)
+    assert strided.offset == every_other.offset and len(strided.frame_conf) == 2
     # Channel order matters: the same crops given as BGR score differently.
     swapped = sync_scores(model, bgr, samples.astype(np.float32) / 32768.0, vshift=2)
     assert not np.allclose(swapped.dists, expected.dists, rtol=1e-4)
@@ -173,3 +194,5 @@ def test_sync_scores_reject_bad_input(saved):
         sync_scores(model, np.zeros((8, 224, 224, 3), np.uint8), np.zeros((16000, 2), np.float32))
     with pytest.raises(ValueError, match="embeddings"):
         score_embeddings(np.zeros((3, 4)), np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="window_stride"):
+        sync_scores(model, np.zeros((8, 224, 224, 3), np.uint8), np.zeros(16000, np.float32), window_stride=0)

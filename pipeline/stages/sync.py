@@ -50,7 +50,8 @@ class SyncStage(Filter):
 
     def process(self, clip: Clip) -> None:
         result = sync_scores(self.model, clip.sync_crops, clip.audio, vshift=int(self.opts["vshift"]),
-                             batch_size=int(self.opts["batch_size"]))
+                             batch_size=int(self.opts["batch_size"]),
+                             window_stride=int(self.opts["window_stride"]))
         clip.scores.update(sync_conf=result.conf, sync_dist=result.dist, sync_offset=float(result.offset),
                            audio_shift_frames=0.0)
         if abs(result.offset) > int(self.opts["max_abs_offset"]):

@@ -1,0 +1,171 @@
+"""S3-compatible object stores for inputs and outputs, against a real S3 server (moto) on 127.0.0.1.
+
+The endpoint reaches pyarrow only through ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``, as it
+would for MinIO or Ceph; credentials are fake ones in the usual ``AWS_*`` variables. Buckets are
+created and filled with pyarrow itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+from moto.server import ThreadedMotoServer
+
+from pipeline.inputs import InputVideo, filesystem_for, list_inputs, video_id
+from tests.media_kit import make_clip
+from tests.pipeline_kit import TEST_OVERRIDES, manifests, shard_members
+from tests.ray_processes import kill_session_processes
+
+REPO = Path(__file__).resolve().parents[1]
+# Every variable that could point pyarrow elsewhere or hand it other credentials.
+AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+            "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE")
+DEAD_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> str:
+    """A moto S3 server on a free port of 127.0.0.1; yields its URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch, tmp_path: Path) -> pafs.S3FileSystem:
+    """The environment of a user of an S3-compatible store, and a filesystem to fill it with."""
+    for var in AWS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no_aws_config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no_aws_credentials"))
+    return pafs.S3FileSystem(endpoint_override=s3_server.split("://", 1)[1], scheme="http",
+                             access_key="testing", secret_key="testing", region="us-east-1",
+                             allow_bucket_creation=True)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A short synthesised talking-face clip (0.8 s: one candidate clip under TEST_OVERRIDES)."""
+    folder = tmp_path_factory.mktemp("s3_media")
+    return make_clip(folder / "talk.mp4", fps=25, size=(320, 240), duration=0.8, seed=3).path
+
+
+def upload(fs: pafs.FileSystem, data: bytes | Path, path: str) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data.read_bytes() if isinstance(data, Path) else data)
+
+
+def objects(fs: pafs.FileSystem, prefix: str) -> dict[str, tuple[int, int, str]]:
+    """{key below prefix: (mtime_ns, size, sha256)} of every object below ``prefix``."""
+    found = {}
+    for info in fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            found[info.path[len(prefix) + 1:]] = (info.mtime_ns, info.size, digest)
+    return found
+
+
+def test_endpoint_comes_from_the_environment(s3, s3_server: str, monkeypatch) -> None:
+    fs, path = filesystem_for("s3://bucket/some/key.mp4")
+    options = fs.__reduce__()[1][0]
+    assert path == "bucket/some/key.mp4"
+    assert (options["endpoint_override"], options["scheme"], options["region"]) == (
+        s3_server.split("://", 1)[1], "http", "us-east-1")
+    assert filesystem_for("S3://bucket/dir/")[1] == "bucket/dir"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", DEAD_ENDPOINT)  # the S3-specific variable wins
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://store.example:9443")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    options = filesystem_for("s3://bucket/x.mp4")[0].__reduce__()[1][0]
+    assert (options["endpoint_override"], options["scheme"], options["region"]) == (
+        "store.example:9443", "https", "eu-west-3")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    assert filesystem_for("s3://bucket/x.mp4")[0].region == "ap-south-1"
+
+
+def test_list_inputs_on_an_s3_folder_and_list(s3, clip: Path, s3_server: str, monkeypatch) -> None:
+    bucket = "listing"
+    s3.create_dir(bucket)
+    for key in ("videos/talk.mp4", "videos/sub/other.MOV", "videos/notes.txt"):
+        upload(s3, clip, f"{bucket}/{key}")
+    talk, other = f"s3://{bucket}/videos/talk.mp4", f"s3://{bucket}/videos/sub/other.MOV"
+
+    assert list_inputs(f"s3://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
+
+    upload(s3, f"path,dataset,language,speaker\n../videos/talk.mp4,mine,en,007\n{other},,,\n".encode(),
+           f"{bucket}/lists/inputs.csv")
+    upload(s3, b"# remote list\n../videos/talk.mp4\n", f"{bucket}/lists/inputs.txt")
+    listed = list_inputs(f"s3://{bucket}/lists/inputs.csv")
+    assert listed == [InputVideo(talk, dataset="mine", language="en", speaker="007"), InputVideo(other)]
+    assert listed[0].video_id == video_id(talk)
+    assert list_inputs(f"s3://{bucket}/lists/inputs.txt") == [InputVideo(talk)]
+
+    # Through AWS_ENDPOINT_URL_S3 alone, and before AWS_ENDPOINT_URL when both are set.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", DEAD_ENDPOINT)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    assert list_inputs(f"s3://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
+
+
+@pytest.mark.slow
+def test_job_reads_and_writes_s3(s3, clip: Path, media: Path, tmp_path: Path) -> None:
+    """The job as a command (its own local Ray, whose workers inherit the endpoint) with the
+    videos in a bucket and the output in the same bucket; a second run writes nothing."""
+    bucket = "talking"
+    s3.create_dir(bucket)
+    upload(s3, clip, f"{bucket}/videos/talk.mp4")
+    upload(s3, b"not a video", f"{bucket}/videos/readme.txt")
+    source = f"s3://{bucket}/videos/talk.mp4"
+
+    def build() -> str:
+        temp_dir = tempfile.mkdtemp(prefix="ths", dir="/tmp")  # short: Ray's socket paths must be short
+        command = [sys.executable, "pipeline/build_shards.py", "--input", f"s3://{bucket}/videos",
+                   "--output", f"s3://{bucket}/out", "--random-weights", *TEST_OVERRIDES,
+                   f"ray.temp_dir={temp_dir}"]
+        try:
+            result = subprocess.run(command, check=False, cwd=REPO, env=os.environ.copy(),
+                                    capture_output=True, text=True, timeout=300, start_new_session=True)
+        finally:
+            kill_session_processes(temp_dir)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        return log
+
+    build()
+    first = objects(s3, f"{bucket}/out")
+    names = set(first)
+    assert {"manifests/videos.parquet", "manifests/clips.parquet", "stats.json", "run.json",
+            "config.yaml", "plan/plan-0000.parquet", "done/chunk-000000.json"} <= names
+    assert any(n.startswith("shards/") and n.endswith(".tar") for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert objects(s3, f"{bucket}/videos").keys() == {"talk.mp4", "readme.txt"}  # inputs untouched
+
+    local = tmp_path / "out"  # a local copy, read with the same helpers as the local-output tests
+    pafs.copy_files(f"{bucket}/out", str(local), source_filesystem=s3)
+    videos, clips = manifests(local)
+    assert [(v["source"], v["status"]) for v in videos] == [(source, "ok")]
+    kept = [c for c in clips if c["kept"]]
+    samples = shard_members(local)
+    assert len(kept) == 1 and kept[0]["source"] == source
+    assert sorted(f"{c['shard']}/{c['key']}" for c in kept) == sorted(samples)
+    for c in kept:
+        assert c["key"] == c["clip_id"] and f"shards/{c['shard']}" in names
+
+    log = build()
+    assert "nothing to do" in log
+    assert objects(s3, f"{bucket}/out") == first
