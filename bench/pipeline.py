@@ -11,11 +11,13 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
   processing time spent inside model forward passes, and peak memory (summed PSS of the driver
   and every Ray process);
 * the pure model compute for the same frames: every model of the pipeline run back to back on
-  prepared crops in this process, with the model worker's thread count;
+  prepared crops, with the model worker's thread count, in this process and split over as many
+  processes as the 2-CPU run has model workers (what the models alone cost on these cores);
 * the naive way, as the public JoyVASA preparation does it: decode the whole video into memory,
   crop, run the motion extractor (PyTorch eager, default threads) frame by frame at batch 1, then
-  the audio encoder, timed after its models are loaded; and the same
+  the audio encoder, timed with and without loading its models; and the same
   with the pipeline's filter models added (quality, SyncNet), for a comparison at equal work;
+* the 2-CPU run again with SyncNet's lip tower on every 2nd window (``filters.sync.window_stride``);
 * peak memory of the pipeline and of the naive way on one video and on the same video three times
   as long (skipped with ``--quick``).
 
@@ -25,7 +27,9 @@ Writes bench/results/pipeline.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -113,7 +117,7 @@ def sizing(cpus: int) -> tuple[str, ...]:
             f"ray.model_worker_cpus={(cpus - 0.5) / cpus}")
 
 
-def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int) -> dict:
+def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int, extra: tuple[str, ...] = ()) -> dict:
     """One run of the job with a local Ray of ``cpus`` CPUs (pinned to that many cores)."""
     listing = work / f"{name}.txt"
     listing.write_text("\n".join(str(v) for v in videos) + "\n")
@@ -125,7 +129,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int) -> dict:
         with PeakMemory() as memory:
             start = time.perf_counter()
             code = build_shards(["--input", str(listing), "--output", str(out), "--random-weights",
-                                 *SETTINGS, f"ray.num_cpus={cpus}", *sizing(cpus)])
+                                 *SETTINGS, f"ray.num_cpus={cpus}", *sizing(cpus), *extra])
             wall = time.perf_counter() - start
     finally:
         me.cpu_affinity(affinity)
@@ -187,6 +191,24 @@ def pure_model_compute(clips: list, cfg: dict) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def pure_model_compute_parallel(clips: list, cfg: dict, workers: int) -> dict:
+    """``pure_model_compute`` split over ``workers`` forked processes, clips dealt round robin."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def part(index: int) -> None:
+        queue.put(pure_model_compute(clips[index::workers], cfg)["seconds"])
+
+    processes = [context.Process(target=part, args=(i,)) for i in range(workers)]
+    start = time.perf_counter()
+    for process in processes:
+        process.start()
+    seconds = [queue.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return {"workers": workers, "wall_s": round(time.perf_counter() - start, 2), "seconds_per_worker": seconds}
+
+
 def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = False) -> dict:
     """Whole video in memory, crop, extractor frame by frame at batch 1, then audio features (the
     public JoyVASA preparation). ``same_models`` adds the pipeline's filter models (quality on the
@@ -202,11 +224,13 @@ def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = 
     from pipeline.stages.faces import working_size
 
     torch.set_num_threads(len(psutil.Process().cpu_affinity()))
+    loading = time.perf_counter()
     extractor = load_motion_extractor("random")
     encoder = AudioEncoder("random", device="cpu", random_config=cfg["models"]["audio_encoder"]["random_config"])
     tracker = FaceTracker("haar", min_face=0)
     syncnet = load_syncnet("random") if same_models else None
     quality = QualityScorer("piqe", n_frames=8) if same_models else None
+    load_s = time.perf_counter() - loading
     with PeakMemory() as memory:
         start = time.perf_counter()
         frames_done, video_s = 0, 0.0
@@ -230,8 +254,9 @@ def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = 
                 frames_done += len(frames)
                 video_s += b - a
         wall = time.perf_counter() - start
-    return {"frames": frames_done, "video_s": round(video_s, 2), "wall_s": round(wall, 2),
-            "threads": torch.get_num_threads(), "video_s_per_wall_s": round(video_s / wall, 4), "peak_mb": round(memory.peak / 2**20, 1)}
+    return {"frames": frames_done, "video_s": round(video_s, 2), "wall_s": round(wall, 2), "load_s": round(load_s, 2),
+            "threads": torch.get_num_threads(), "video_s_per_wall_s": round(video_s / wall, 4),
+            "video_s_per_wall_with_load_s": round(video_s / (wall + load_s), 4), "peak_mb": round(memory.peak / 2**20, 1)}
 
 
 def markdown(result: dict) -> str:
@@ -247,11 +272,13 @@ def markdown(result: dict) -> str:
     for key, label in (("naive", "naive: whole video in memory, extractor at batch 1, audio features"),
                        ("naive_same_models", "naive with the pipeline's filter models too (equal work)")):
         n = result[key]
-        lines.append(f"| {label} | {n['video_s']} | {n['wall_s']} | {n['wall_s']} | {n['video_s_per_wall_s']} | "
-                     f"{n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
+        lines.append(f"| {label} | {n['video_s']} | {round(n['wall_s'] + n['load_s'], 2)} | {n['wall_s']} | "
+                     f"{n['video_s_per_wall_with_load_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
     p = result["pure_model_compute"]
-    lines.append(f"| pure model compute, same frames ({p['threads']} thread) | | {p['seconds']} | | | | 1.0 | "
-                 f"{p['stage_fps'].get('motion', '')} | |")
+    lines.append(f"| pure model compute, same frames, one process ({p['threads']} thread) | | {p['seconds']} | | | | "
+                 f"1.0 | {p['stage_fps'].get('motion', '')} | |")
+    q = p["parallel"]
+    lines.append(f"| pure model compute, same frames, {q['workers']} processes | | {q['wall_s']} | | | | 1.0 | | |")
     for row in result.get("memory_vs_length", []):
         lines.append(f"| memory: {row['run']}, one {row['input_s']} s video | {row['video_s']} | | | | | | | "
                      f"{row['peak_mb']} |")
@@ -267,12 +294,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         videos = inputs(work / "inputs")
-        runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1)]
-        spans = runs[0]["spans"]
+        runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1),
+                run_pipeline(videos, work, "two_cpus_sync_stride2", 2, ("filters.sync.window_stride=2",))]
+        two, stride2 = runs[0], runs[2]
+        spans = two["spans"]
         clips = prepared(spans, cfg)
-        pure = pure_model_compute(clips, cfg)
+        pure_parallel = pure_model_compute_parallel(clips, cfg, two["model_workers"])
+        pure = pure_model_compute(copy.deepcopy(clips), cfg)
+        pure["parallel"] = pure_parallel
         baseline = naive(spans, cfg)
         equal_work = naive(spans, cfg, same_models=True)
+
+        def over(run: dict, key: str, other: dict, other_key: str) -> float:
+            return round(run[key] / other[other_key], 3)
+
         result = {
             "bench": "pipeline", "machine": platform.platform(), "cpu_count": os.cpu_count(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
@@ -281,14 +316,23 @@ def main() -> None:
             "naive_same_models": equal_work,
             "memory": "peak summed PSS (proportional set size) of the process tree, MB",
             "ratios": {
-                # the pure compute spread over the run's model workers (each single-threaded)
-                "processing_over_pure_compute_2cpus":
-                    round(runs[0]["processing_s"] / (pure["seconds"] / runs[0]["model_workers"]), 3),
-                "throughput_over_naive_2cpus": round(runs[0]["video_s_per_wall_s"] / baseline["video_s_per_wall_s"], 3),
-                "processing_throughput_over_naive_2cpus":
-                    round(runs[0]["video_s_per_processing_s"] / baseline["video_s_per_wall_s"], 3),
+                # processing (after the CPU workers are up) against the models alone on the same
+                # cores, and against the single-process compute divided by the model workers
+                "processing_over_pure_compute_2cpus": round(two["processing_s"] / pure_parallel["wall_s"], 3),
+                "processing_over_ideal_pure_compute_2cpus":
+                    round(two["processing_s"] / (pure["seconds"] / two["model_workers"]), 3),
+                "wall_over_pure_compute_2cpus": round(two["wall_s"] / pure_parallel["wall_s"], 3),
+                # end to end, start-up and model loading included on both sides
+                "throughput_over_naive_2cpus": over(two, "video_s_per_wall_s", baseline, "video_s_per_wall_with_load_s"),
                 "throughput_over_naive_same_models_2cpus":
-                    round(runs[0]["video_s_per_wall_s"] / equal_work["video_s_per_wall_s"], 3),
+                    over(two, "video_s_per_wall_s", equal_work, "video_s_per_wall_with_load_s"),
+                "sync_stride2_throughput_over_naive_2cpus":
+                    over(stride2, "video_s_per_wall_s", baseline, "video_s_per_wall_with_load_s"),
+                # once running: the pipeline's processing time against the naive loop's work time
+                "processing_throughput_over_naive_2cpus":
+                    over(two, "video_s_per_processing_s", baseline, "video_s_per_wall_s"),
+                "processing_throughput_over_naive_same_models_2cpus":
+                    over(two, "video_s_per_processing_s", equal_work, "video_s_per_wall_s"),
             },
         }
         if not args.quick:

@@ -155,7 +155,11 @@ def cluster_info(cfg: DictConfig) -> dict[str, Any]:
 
 
 def start_pools(cfg: DictConfig):
-    """The CPU and model actor pools; returns (cpu pool, model pool, {stage: model description})."""
+    """The CPU and model actor pools and a call that returns {stage: model description}.
+
+    The CPU workers are waited for; the model workers load their models while the CPU workers
+    already probe, cut and crop (loading a large model takes a minute), and get work once up.
+    """
     import ray
 
     from pipeline.scheduler import ActorPool
@@ -169,10 +173,15 @@ def start_pools(cfg: DictConfig):
     model = [worker.options(num_cpus=float(r.model_worker_cpus), num_gpus=float(r.model_worker_gpus),
                             max_restarts=-1, max_task_retries=0)
              .remote(("model",), plain) for _ in range(int(r.model_workers))]
-    # Building the workers loads every model: a missing file or bad config fails here, once.
-    descriptions = ray.get([a.describe.remote() for a in cpu + model])
-    models = {k: v for d in descriptions for k, v in d.items()}
-    return ActorPool("cpu", cpu), ActorPool("model", model), models
+    # Building a worker loads its models: a bad file or config fails here, or (for the model
+    # workers) at their first use in the scheduler, which stops the run the same way.
+    cpu_descriptions = ray.get([a.describe.remote() for a in cpu])
+    model_descriptions = [a.describe.remote() for a in model]
+
+    def models() -> dict[str, dict[str, str]]:
+        return {k: v for d in cpu_descriptions + ray.get(model_descriptions) for k, v in d.items()}
+
+    return ActorPool("cpu", cpu), ActorPool("model", model, starting=model_descriptions), models
 
 
 # -------------------------------------------------------------------------------------------------
@@ -199,15 +208,17 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     this_run = {"cluster": cluster_info(cfg)}
     try:
         cpu, model, models = start_pools(cfg)
-        meta = run_meta(cfg, models)
         this_run["startup_s"] = time.monotonic() - started
+        meta: list[RunMeta] = []  # filled once the model workers are up
         progress = Progress(sum(len(c.videos) for c in chunks), enabled=bool(cfg.progress.enabled))
 
         def finish(state) -> None:
             def fetch(clip):
                 return ray.get(state.results[clip.clip_id])
 
-            done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta, cfg)
+            if not meta:
+                meta.append(run_meta(cfg, models()))
+            done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
 
         try:

@@ -41,22 +41,38 @@ WAIT_S = 1.0
 
 
 class ActorPool:
-    """Actors of one kind (created with ``max_restarts=-1``), each running one call at a time."""
+    """Actors of one kind (created with ``max_restarts=-1``), each running one call at a time.
 
-    def __init__(self, name: str, actors: list[Any]):
+    ``starting``: one reference per actor that resolves once it is up (its models loaded). The
+    pool hands such an actor no work before then, so the driver can start the other pool's work
+    while models load; an actor that fails its first start (a bad file, too little memory) stops
+    the run, as a configuration error should, rather than failing every clip one by one.
+    """
+
+    def __init__(self, name: str, actors: list[Any], starting: list[Any] | None = None):
         if not actors:
             raise ValueError(f"the {name} pool needs at least one actor")
         self.name = name
         self.actors = actors
         self.busy = [False] * len(actors)
-        self.restarting: dict[int, Any] = {}  # actor index -> its readiness reference
+        self.starting: dict[int, Any] = dict(enumerate(starting or []))  # first start, must succeed
+        self.restarting: dict[int, Any] = {}  # actor index -> its readiness reference after a crash
+
+    def waiting(self) -> list[Any]:
+        """References of actors not up yet, for the driver to wait on along with its calls."""
+        return [*self.starting.values(), *self.restarting.values()]
 
     def free_actor(self) -> int | None:
-        """An idle actor that is up (one restarting after a crash is not given work yet)."""
+        """An idle actor that is up (one starting, or restarting after a crash, gets no work yet)."""
+        for index, ready in list(self.starting.items()):
+            if ray.wait([ready], timeout=0)[0]:
+                ray.get(ready)  # raises what its constructor raised
+                del self.starting[index]
         for index, ready in list(self.restarting.items()):
             if ray.wait([ready], timeout=0)[0]:
                 del self.restarting[index]
-        return next((i for i, busy in enumerate(self.busy) if not busy and i not in self.restarting), None)
+        down = self.starting.keys() | self.restarting.keys()
+        return next((i for i, busy in enumerate(self.busy) if not busy and i not in down), None)
 
     def restarted(self, index: int) -> None:
         """The actor died; Ray restarts it. Its next call waits until it is up again, so the time
@@ -122,9 +138,11 @@ class Scheduler:
                 self._maybe_finish(self.chunks[chunk.index])
             while self.videos or self.clips or self.ready or self.inflight:
                 self._dispatch()
-                done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=WAIT_S)
+                waiting = [*self.inflight, *self.cpu.waiting(), *self.model.waiting()]
+                done, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_S) if waiting else ([], [])
                 for ref in done:
-                    self._complete(ref, self.inflight.pop(ref))
+                    if ref in self.inflight:  # else an actor came up: the next dispatch uses it
+                        self._complete(ref, self.inflight.pop(ref))
                 self._check_timeouts()
                 self._check_writes()
         for write in self.writes:

@@ -80,3 +80,57 @@ def test_dead_and_hung_workers_become_rejections(ray_session):  # noqa: F811
     assert outcome["die_plan"] == (("worker", "worker_died"), [])
     assert outcome["die_prepare"] == (None, [None, ("worker", "worker_died")])
     assert outcome["hang_model"] == (None, [None, ("worker", "timeout")])
+
+
+class SlowStartingWorker(MisbehavingWorker):
+    """Takes a while to load its models, or fails to (``fail=True``), as a model worker might."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False):
+        time.sleep(delay_s)
+        if fail:
+            raise RuntimeError("cannot read the model file")
+        self.up_at = time.time()
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        clip.scores[group] = time.time()
+        return clip.summary(), clip
+
+    def started(self) -> float:
+        return self.up_at
+
+
+def test_cpu_work_starts_while_model_workers_load(ray_session):  # noqa: F811
+    """Clips are prepared before the model worker is up; none is sent to it before then."""
+    cfg = load_config("pipeline", ["ray.max_prepared_clips=4"])
+    fast = ray.remote(SlowStartingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [fast.remote()])
+    ray.get(cpu.actors[0].__ray_ready__.remote())
+    slow = fast.remote(delay_s=3.0)
+    model = ActorPool("model", [slow], starting=[slow.started.remote()])
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"), InputVideo("/videos/b.mp4")))]
+    finished = []
+    try:
+        Scheduler(cfg, cpu, model, finished.append, Progress(2, enabled=False)).run(chunks)
+        up_at = ray.get(slow.started.remote())
+    finally:
+        ray.kill(cpu.actors[0])
+        ray.kill(slow)
+    (state,) = finished
+    assert len(state.clips) == 4 and all(c.kept for c in state.clips)
+    assert min(c.scores["prepare"] for c in state.clips) < up_at  # prepared while the model loaded
+    assert min(c.scores["model"] for c in state.clips) >= up_at
+
+
+def test_a_model_worker_that_cannot_start_stops_the_run(ray_session):  # noqa: F811
+    cfg = load_config("pipeline", [])
+    worker = ray.remote(SlowStartingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote()])
+    broken = worker.remote(fail=True)
+    model = ActorPool("model", [broken], starting=[broken.started.remote()])
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"),))]
+    try:
+        with pytest.raises(ray.exceptions.RayError, match="cannot read the model file"):
+            Scheduler(cfg, cpu, model, lambda state: None, Progress(1, enabled=False)).run(chunks)
+    finally:
+        ray.kill(cpu.actors[0])
+        ray.kill(broken)
