@@ -38,6 +38,7 @@ from pipeline.inputs import list_inputs, s3_settings  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
+from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.stats import STATS_FILE, compute_stats  # noqa: E402
@@ -147,14 +148,18 @@ def start_ray(cfg: DictConfig) -> bool:
 
 
 def cluster_info(cfg: DictConfig) -> dict[str, Any]:
+    """The cluster's address and resources, and the actor pools sized for it (``pipeline.sizing``)."""
     import ray
 
-    return {"address": cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local",
-            "resources": {k: float(v) for k, v in sorted(ray.cluster_resources().items())
-                          if k in ("CPU", "GPU", "memory")}}
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    resources = {k: float(v) for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU", "memory")}
+    sizes = pool_sizes(cfg.ray, resources.get("CPU", 0.0), resources.get("GPU", 0.0), local=address == "local")
+    log.info("actors: %d CPU workers (%g CPU each), %d model workers (%g CPU, %g GPU each)", sizes.cpu_workers,
+             sizes.cpu_worker_cpus, sizes.model_workers, sizes.model_worker_cpus, sizes.model_worker_gpus)
+    return {"address": address, "resources": resources, "pools": sizes.as_dict()}
 
 
-def start_pools(cfg: DictConfig):
+def start_pools(cfg: DictConfig, sizes: PoolSizes):
     """The CPU and model actor pools and a call that returns {stage: model description}.
 
     The CPU workers are waited for; the model workers load their models while the CPU workers
@@ -167,12 +172,11 @@ def start_pools(cfg: DictConfig):
 
     plain = to_dict(cfg)
     worker = ray.remote(StageWorker)
-    r = cfg.ray
-    cpu = [worker.options(num_cpus=float(r.cpu_worker_cpus), max_restarts=-1, max_task_retries=0)
-           .remote(("video", "prepare"), plain) for _ in range(int(r.cpu_workers))]
-    model = [worker.options(num_cpus=float(r.model_worker_cpus), num_gpus=float(r.model_worker_gpus),
+    cpu = [worker.options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
+           .remote(("video", "prepare"), plain) for _ in range(sizes.cpu_workers)]
+    model = [worker.options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
                             max_restarts=-1, max_task_retries=0)
-             .remote(("model",), plain) for _ in range(int(r.model_workers))]
+             .remote(("model",), plain) for _ in range(sizes.model_workers)]
     # Building a worker loads its models: a bad file or config fails here, or (for the model
     # workers) at their first use in the scheduler, which stops the run the same way.
     cpu_descriptions = ray.get([a.describe.remote() for a in cpu])
@@ -205,9 +209,10 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
 
     started = time.monotonic()
     connected = start_ray(cfg)
-    this_run = {"cluster": cluster_info(cfg)}
+    this_run: dict[str, Any] = {}
     try:
-        cpu, model, models = start_pools(cfg)
+        this_run["cluster"] = cluster_info(cfg)
+        cpu, model, models = start_pools(cfg, PoolSizes(**this_run["cluster"]["pools"]))
         this_run["startup_s"] = time.monotonic() - started
         meta: list[RunMeta] = []  # filled once the model workers are up
         progress = Progress(sum(len(c.videos) for c in chunks), enabled=bool(cfg.progress.enabled))
@@ -352,6 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "qalign_one_align" in exc.names:
             log.error("Q-Align has no random-weights mode: fetch it, or score quality with an offline "
                       "pyiqa metric, e.g. filters.quality.metric=piqe filters.quality.threshold=60")
+        return 2
+    except SizingError as exc:
+        log.error("%s", exc)
         return 2
     return 0
 
