@@ -59,11 +59,8 @@ class ActorPool:
         self.restarting: dict[int, Any] = {}  # actor index -> its readiness reference after a crash
 
     def waiting(self) -> list[Any]:
-        """References of actors not up yet, for the driver to wait on along with its calls."""
-        return [*self.starting.values(), *self.restarting.values()]
-
-    def free_actor(self) -> int | None:
-        """An idle actor that is up (one starting, or restarting after a crash, gets no work yet)."""
+        """References of the actors still coming up, for the driver to wait on with its calls
+        (an actor that is up is dropped here, so a finished reference never wakes the driver twice)."""
         for index, ready in list(self.starting.items()):
             if ray.wait([ready], timeout=0)[0]:
                 ray.get(ready)  # raises what its constructor raised
@@ -71,6 +68,11 @@ class ActorPool:
         for index, ready in list(self.restarting.items()):
             if ray.wait([ready], timeout=0)[0]:
                 del self.restarting[index]
+        return [*self.starting.values(), *self.restarting.values()]
+
+    def free_actor(self) -> int | None:
+        """An idle actor that is up (one starting, or restarting after a crash, gets no work yet)."""
+        self.waiting()  # notes the actors that came up since the last look
         down = self.starting.keys() | self.restarting.keys()
         return next((i for i, busy in enumerate(self.busy) if not busy and i not in down), None)
 

@@ -134,3 +134,42 @@ def test_a_model_worker_that_cannot_start_stops_the_run(ray_session):  # noqa: F
     finally:
         ray.kill(cpu.actors[0])
         ray.kill(broken)
+
+
+class OneClipWorker(SlowStartingWorker):
+    """One clip per video, and model calls that take ``work_s``."""
+
+    def __init__(self, delay_s: float = 0.0, work_s: float = 0.0):
+        super().__init__(delay_s)
+        self.work_s = work_s
+
+    def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
+        video.info = INFO
+        return video, [video.span_clip(0.0, 1.0)]
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        time.sleep(self.work_s if group == "model" else 0.0)
+        return super().process(group, clip)
+
+
+def test_a_model_worker_coming_up_with_nothing_to_do_does_not_spin_the_driver(ray_session):  # noqa: F811
+    """The second model actor comes up while the only clip runs on the first: the driver must go
+    on waiting (about no CPU), not wake again and again on the finished start-up reference."""
+    cfg = load_config("pipeline", [])
+    worker = ray.remote(OneClipWorker).options(num_cpus=0.25, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote()])
+    ray.get(cpu.actors[0].__ray_ready__.remote())
+    model_actors = [worker.remote(work_s=4.0), worker.remote(delay_s=1.0)]
+    model = ActorPool("model", model_actors, starting=[a.started.remote() for a in model_actors])
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"),))]
+    finished = []
+    try:
+        cpu_before = time.process_time()
+        Scheduler(cfg, cpu, model, finished.append, Progress(1, enabled=False)).run(chunks)
+        driver_cpu_s = time.process_time() - cpu_before
+    finally:
+        for actor in cpu.actors + model_actors:
+            ray.kill(actor)
+    assert len(finished) == 1 and finished[0].clips[0].kept
+    assert model.waiting() == []
+    assert driver_cpu_s < 1.0, f"the driver used {driver_cpu_s:.1f} s of CPU in a 4 s run"
