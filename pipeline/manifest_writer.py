@@ -6,13 +6,11 @@ of a run the parts of every done chunk are gathered into ``manifests/videos.parq
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
 from pipeline.clip import Clip
@@ -81,19 +79,11 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
 
 
-def write_table(out: OutputDir, rel: str, table: pa.Table) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    out.write_bytes(rel, buf.getvalue())
-
-
-def read_table(out: OutputDir, rel: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(out.read_bytes(rel)))
 
 
 def write_parts(out: OutputDir, chunk: int, video_rows: list[dict], clip_rows: list[dict]) -> None:
-    write_table(out, part_name(chunk, "videos"), to_table(video_rows, VIDEOS))
-    write_table(out, part_name(chunk, "clips"), to_table(clip_rows, CLIPS))
+    out.write_parquet(part_name(chunk, "videos"), to_table(video_rows, VIDEOS))
+    out.write_parquet(part_name(chunk, "clips"), to_table(clip_rows, CLIPS))
 
 
 def consolidate(out: OutputDir, chunks: list[int]) -> tuple[pa.Table, pa.Table]:
@@ -101,10 +91,10 @@ def consolidate(out: OutputDir, chunks: list[int]) -> tuple[pa.Table, pa.Table]:
     tables = {}
     for name, schema, keys in (("videos", VIDEOS, ["source"]),
                                ("clips", CLIPS, ["source", "start_s", "end_s"])):
-        parts = [read_table(out, part_name(c, name)).select(schema.names).cast(schema) for c in chunks]
+        parts = [out.read_parquet(part_name(c, name)).select(schema.names).cast(schema) for c in chunks]
         table = pa.concat_tables(parts) if parts else schema.empty_table()
         table = table.sort_by([(k, "ascending") for k in keys])
         table = table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
-        write_table(out, VIDEOS_FILE if name == "videos" else CLIPS_FILE, table)
+        out.write_parquet(VIDEOS_FILE if name == "videos" else CLIPS_FILE, table)
         tables[name] = table
     return tables["videos"], tables["clips"]

@@ -20,7 +20,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from pipeline.inputs import filesystem_for, has_scheme
 
@@ -89,6 +91,19 @@ class OutputDir:
             return (self.staging / rel).read_bytes()
         with self.fs.open_input_stream(self._remote_path(rel)) as f:
             return f.read()
+
+    def write_parquet(self, rel: str, table: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(rel, sink.getvalue().to_pybytes())
+
+    def read_parquet(self, rel: str) -> pa.Table:
+        """The whole Parquet file, read by ``ParquetFile`` rather than ``pq.read_table``: the
+        latter's dataset scanner, given an in-memory source, can leave work on Arrow's threads
+        after it returns, and when the process exits meanwhile it aborts (apache/arrow#33975),
+        which failed job drivers that had written everything (SIGABRT in about a third of
+        short-lived processes here; none with ``ParquetFile``)."""
+        return pq.ParquetFile(pa.BufferReader(self.read_bytes(rel))).read()
 
     def exists(self, rel: str) -> bool:
         if not self.remote:

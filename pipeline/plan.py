@@ -8,11 +8,9 @@ exists (see ``pipeline.outdir``); only chunks without one are processed.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.inputs import InputVideo, normalise_uri, video_id
 from pipeline.outdir import OutputDir
@@ -39,7 +37,7 @@ def plan_name(number: int) -> str:
 
 
 def read_plans(out: OutputDir) -> list[pa.Table]:
-    return [pq.read_table(io.BytesIO(out.read_bytes(name)))
+    return [out.read_parquet(name)
             for name in out.list(PLAN_DIR) if name.endswith(".parquet")]
 
 
@@ -57,9 +55,7 @@ def plan_chunks(out: OutputDir, videos: list[InputVideo], videos_per_chunk: int)
                  "language": v.language, "speaker": v.speaker,
                  "chunk": next_chunk + i // videos_per_chunk} for i, v in enumerate(new)]
         table = pa.Table.from_pylist(rows, schema=PLAN_SCHEMA)
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        out.write_bytes(plan_name(len(plans)), buf.getvalue())
+        out.write_parquet(plan_name(len(plans)), table)
         plans.append(table)
     chunks: dict[int, list[InputVideo]] = {}
     for table in plans:
