@@ -34,7 +34,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
 from pipeline.config import load_config, save_config, to_dict  # noqa: E402
-from pipeline.inputs import list_inputs, s3_settings  # noqa: E402
+from pipeline.inputs import list_inputs, endpoint_settings  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
@@ -137,7 +137,7 @@ def start_ray(cfg: DictConfig) -> bool:
     if cfg.ray.address:  # the cluster's workers get this process's S3 endpoint, not its credentials
         ray.init(address=cfg.ray.address, log_to_driver=True,
                  runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
-                              "env_vars": s3_settings()})
+                              "env_vars": endpoint_settings()})
     elif os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)  # inside `ray job submit`: the job's working dir is already set
     else:

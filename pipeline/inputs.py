@@ -70,6 +70,8 @@ def has_scheme(source: str) -> bool:
 # Where S3 requests go when set, first one wins (the AWS SDKs' names), and the region to sign with.
 S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 S3_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION")
+# Where gs:// requests go when set (Google's client libraries' name): a GCS emulator or gateway.
+GCS_ENDPOINT_VAR = "STORAGE_EMULATOR_HOST"
 
 
 def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
@@ -79,8 +81,11 @@ def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
     """
     if has_scheme(source):
         try:
-            if source.split("://", 1)[0].lower() == "s3" and s3_endpoint():
+            scheme = source.split("://", 1)[0].lower()
+            if scheme == "s3" and s3_endpoint():
                 return _s3_endpoint_filesystem(source)
+            if scheme in ("gs", "gcs") and os.environ.get(GCS_ENDPOINT_VAR):
+                return _gcs_endpoint_filesystem(source)
             return pafs.FileSystem.from_uri(source)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"cannot open filesystem for {source!r}: {exc}") from exc
@@ -93,10 +98,10 @@ def s3_endpoint() -> str | None:
     return next((os.environ[v] for v in S3_ENDPOINT_VARS if os.environ.get(v)), None)
 
 
-def s3_settings() -> dict[str, str]:
+def endpoint_settings() -> dict[str, str]:
     """The endpoint and region variables that are set, for Ray workers that do not inherit this
     process's environment (nodes of a cluster joined with ``--address``)."""
-    return {v: os.environ[v] for v in S3_ENDPOINT_VARS + S3_REGION_VARS if os.environ.get(v)}
+    return {v: os.environ[v] for v in (*S3_ENDPOINT_VARS, *S3_REGION_VARS, GCS_ENDPOINT_VAR) if os.environ.get(v)}
 
 
 def _s3_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
@@ -111,7 +116,22 @@ def _s3_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
     parts = urlsplit(url if "://" in url else "https://" + url)
     region = next((os.environ[v] for v in S3_REGION_VARS if os.environ.get(v)), "us-east-1")
     fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme.lower(), region=region)
-    return fs, unquote(source.split("://", 1)[1].split("?", 1)[0]).rstrip("/")
+    return fs, _bucket_path(source)
+
+
+def _gcs_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
+    """A GCS filesystem for the endpoint in ``STORAGE_EMULATOR_HOST`` (an emulator, or a gateway
+    that needs no Google credentials), which ``FileSystem.from_uri`` ignores: requests would go
+    to Google and fail for want of an OAuth token."""
+    url = os.environ[GCS_ENDPOINT_VAR]
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    fs = pafs.GcsFileSystem(endpoint_override=parts.netloc, scheme=parts.scheme.lower(), anonymous=True)
+    return fs, _bucket_path(source)
+
+
+def _bucket_path(source: str) -> str:
+    """``bucket/key`` of an object store URI, as ``FileSystem.from_uri`` returns it."""
+    return unquote(source.split("://", 1)[1].split("?", 1)[0]).rstrip("/")
 
 
 def _uri_prefix(source: str) -> str:

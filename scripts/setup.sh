@@ -21,7 +21,7 @@ fi
 .venv/bin/pip install -q --upgrade pip
 # torch and torchvision first, pinned together, so nothing later pulls a second torch build.
 .venv/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/pip install -q -e ".[test]"  # the test extra: moto, a local S3 server
+.venv/bin/pip install -q -e ".[test]"  # the test extra: local S3 and GCS servers
 # scenedetect's opencv extra pulls opencv-python (GUI build); keep only the headless 4.x build.
 if .venv/bin/pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/pip uninstall -q -y opencv-python

@@ -1,8 +1,9 @@
-"""S3-compatible object stores for inputs and outputs, against a real S3 server (moto) on 127.0.0.1.
+"""Object stores for inputs and outputs, against real servers on 127.0.0.1: S3 (moto) and Google
+Cloud Storage (gcp-storage-emulator).
 
-The endpoint reaches pyarrow only through ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``, as it
-would for MinIO or Ceph; credentials are fake ones in the usual ``AWS_*`` variables. Buckets are
-created and filled with pyarrow itself.
+The endpoint reaches pyarrow only through the environment, as it would for MinIO, Ceph or a GCS
+emulator: ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` with fake ``AWS_*`` credentials, and
+``STORAGE_EMULATOR_HOST``. Buckets are created and filled with pyarrow itself.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from gcp_storage_emulator.server import create_server as create_gcs_server
 from moto.server import ThreadedMotoServer
 
 from pipeline.inputs import InputVideo, filesystem_for, list_inputs, video_id
@@ -55,6 +57,30 @@ def s3(s3_server: str, monkeypatch, tmp_path: Path) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(endpoint_override=s3_server.split("://", 1)[1], scheme="http",
                              access_key="testing", secret_key="testing", region="us-east-1",
                              allow_bucket_creation=True)
+
+
+@pytest.fixture(scope="module")
+def gcs_server() -> str:
+    """A GCS emulator on a free port of 127.0.0.1 (objects in memory); yields its URL."""
+    server = create_gcs_server("127.0.0.1", 0, in_memory=True)
+    server.start()
+    host, port = server._api._httpd.server_address
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def gcs(gcs_server: str, monkeypatch) -> pafs.GcsFileSystem:
+    """The environment of a user of a GCS emulator, and a filesystem to fill it with."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    return pafs.GcsFileSystem(endpoint_override=gcs_server.split("://", 1)[1], scheme="http",
+                              anonymous=True, project_id="test")
+
+
+@pytest.fixture(params=["s3", "gs"])
+def store(request) -> tuple[str, pafs.FileSystem]:
+    """(URI scheme, a filesystem to fill and inspect the store with) for each kind of store."""
+    return request.param, request.getfixturevalue("s3" if request.param == "s3" else "gcs")
 
 
 @pytest.fixture(scope="module")
@@ -98,43 +124,54 @@ def test_endpoint_comes_from_the_environment(s3, s3_server: str, monkeypatch) ->
     assert filesystem_for("s3://bucket/x.mp4")[0].region == "ap-south-1"
 
 
-def test_list_inputs_on_an_s3_folder_and_list(s3, clip: Path, s3_server: str, monkeypatch) -> None:
+def test_gcs_endpoint_comes_from_the_environment(gcs, gcs_server: str) -> None:
+    fs, path = filesystem_for("gs://bucket/some/key.mp4")
+    assert isinstance(fs, pafs.GcsFileSystem) and path == "bucket/some/key.mp4"
+    options = fs.__reduce__()[1][0]
+    assert (options["endpoint_override"], options["scheme"], options["anonymous"]) == (
+        gcs_server.split("://", 1)[1], "http", True)
+    assert filesystem_for("GS://bucket/dir/")[1] == "bucket/dir"
+
+
+def test_list_inputs_on_a_remote_folder_and_list(store, clip: Path, s3_server: str, monkeypatch) -> None:
+    scheme, fs = store
     bucket = "listing"
-    s3.create_dir(bucket)
+    fs.create_dir(bucket)
     for key in ("videos/talk.mp4", "videos/sub/other.MOV", "videos/notes.txt"):
-        upload(s3, clip, f"{bucket}/{key}")
-    talk, other = f"s3://{bucket}/videos/talk.mp4", f"s3://{bucket}/videos/sub/other.MOV"
+        upload(fs, clip, f"{bucket}/{key}")
+    talk, other = f"{scheme}://{bucket}/videos/talk.mp4", f"{scheme}://{bucket}/videos/sub/other.MOV"
 
-    assert list_inputs(f"s3://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
+    assert list_inputs(f"{scheme}://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
 
-    upload(s3, f"path,dataset,language,speaker\n../videos/talk.mp4,mine,en,007\n{other},,,\n".encode(),
+    upload(fs, f"path,dataset,language,speaker\n../videos/talk.mp4,mine,en,007\n{other},,,\n".encode(),
            f"{bucket}/lists/inputs.csv")
-    upload(s3, b"# remote list\n../videos/talk.mp4\n", f"{bucket}/lists/inputs.txt")
-    listed = list_inputs(f"s3://{bucket}/lists/inputs.csv")
+    upload(fs, b"# remote list\n../videos/talk.mp4\n", f"{bucket}/lists/inputs.txt")
+    listed = list_inputs(f"{scheme}://{bucket}/lists/inputs.csv")
     assert listed == [InputVideo(talk, dataset="mine", language="en", speaker="007"), InputVideo(other)]
     assert listed[0].video_id == video_id(talk)
-    assert list_inputs(f"s3://{bucket}/lists/inputs.txt") == [InputVideo(talk)]
+    assert list_inputs(f"{scheme}://{bucket}/lists/inputs.txt") == [InputVideo(talk)]
 
-    # Through AWS_ENDPOINT_URL_S3 alone, and before AWS_ENDPOINT_URL when both are set.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", DEAD_ENDPOINT)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
-    assert list_inputs(f"s3://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
+    if scheme == "s3":  # through AWS_ENDPOINT_URL_S3 alone, and before AWS_ENDPOINT_URL when both are set
+        monkeypatch.setenv("AWS_ENDPOINT_URL", DEAD_ENDPOINT)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+        assert list_inputs(f"s3://{bucket}/videos") == [InputVideo(other), InputVideo(talk)]
 
 
 @pytest.mark.slow
-def test_job_reads_and_writes_s3(s3, clip: Path, media: Path, tmp_path: Path) -> None:
+def test_job_reads_and_writes_an_object_store(store, clip: Path, media: Path, tmp_path: Path) -> None:
     """The job as a command (its own local Ray, whose workers inherit the endpoint) with the
     videos in a bucket and the output in the same bucket; a second run writes nothing."""
+    scheme, fs = store
     bucket = "talking"
-    s3.create_dir(bucket)
-    upload(s3, clip, f"{bucket}/videos/talk.mp4")
-    upload(s3, b"not a video", f"{bucket}/videos/readme.txt")
-    source = f"s3://{bucket}/videos/talk.mp4"
+    fs.create_dir(bucket)
+    upload(fs, clip, f"{bucket}/videos/talk.mp4")
+    upload(fs, b"not a video", f"{bucket}/videos/readme.txt")
+    source = f"{scheme}://{bucket}/videos/talk.mp4"
 
     def build() -> str:
         temp_dir = tempfile.mkdtemp(prefix="ths", dir="/tmp")  # short: Ray's socket paths must be short
-        command = [sys.executable, "pipeline/build_shards.py", "--input", f"s3://{bucket}/videos",
-                   "--output", f"s3://{bucket}/out", "--random-weights", *TEST_OVERRIDES,
+        command = [sys.executable, "pipeline/build_shards.py", "--input", f"{scheme}://{bucket}/videos",
+                   "--output", f"{scheme}://{bucket}/out", "--random-weights", *TEST_OVERRIDES,
                    f"ray.temp_dir={temp_dir}"]
         try:
             result = subprocess.run(command, check=False, cwd=REPO, env=os.environ.copy(),
@@ -147,16 +184,16 @@ def test_job_reads_and_writes_s3(s3, clip: Path, media: Path, tmp_path: Path) ->
         return log
 
     build()
-    first = objects(s3, f"{bucket}/out")
+    first = objects(fs, f"{bucket}/out")
     names = set(first)
     assert {"manifests/videos.parquet", "manifests/clips.parquet", "stats.json", "run.json",
             "config.yaml", "plan/plan-0000.parquet", "done/chunk-000000.json"} <= names
     assert any(n.startswith("shards/") and n.endswith(".tar") for n in names)
     assert not [n for n in names if n.endswith(".tmp")]
-    assert objects(s3, f"{bucket}/videos").keys() == {"talk.mp4", "readme.txt"}  # inputs untouched
+    assert objects(fs, f"{bucket}/videos").keys() == {"talk.mp4", "readme.txt"}  # inputs untouched
 
     local = tmp_path / "out"  # a local copy, read with the same helpers as the local-output tests
-    pafs.copy_files(f"{bucket}/out", str(local), source_filesystem=s3)
+    pafs.copy_files(f"{bucket}/out", str(local), source_filesystem=fs)
     videos, clips = manifests(local)
     assert [(v["source"], v["status"]) for v in videos] == [(source, "ok")]
     kept = [c for c in clips if c["kept"]]
@@ -168,4 +205,4 @@ def test_job_reads_and_writes_s3(s3, clip: Path, media: Path, tmp_path: Path) ->
 
     log = build()
     assert "nothing to do" in log
-    assert objects(s3, f"{bucket}/out") == first
+    assert objects(fs, f"{bucket}/out") == first
