@@ -153,7 +153,9 @@ def cluster_info(cfg: DictConfig) -> dict[str, Any]:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     resources = {k: float(v) for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU", "memory")}
-    sizes = pool_sizes(cfg.ray, resources.get("CPU", 0.0), resources.get("GPU", 0.0), local=address == "local")
+    memory_gb = resources["memory"] / 2**30 if "memory" in resources else None
+    sizes = pool_sizes(cfg.ray, resources.get("CPU", 0.0), resources.get("GPU", 0.0), local=address == "local",
+                       memory_gb=memory_gb)
     log.info("actors: %d CPU workers (%g CPU each), %d model workers (%g CPU, %g GPU each)", sizes.cpu_workers,
              sizes.cpu_worker_cpus, sizes.model_workers, sizes.model_worker_cpus, sizes.model_worker_gpus)
     return {"address": address, "resources": resources, "pools": sizes.as_dict()}

@@ -6,7 +6,8 @@ Every ``ray.*`` sizing key may be a number or ``auto``:
 * ``model_worker_gpus: auto``: one whole GPU per model actor when the cluster has GPUs, else none
   (the models then run on the CPU);
 * ``model_workers: auto``: with GPUs, as many as the GPUs hold at that share; on CPUs only, one per
-  ``model_worker_cpus`` of the cores the CPU actors leave;
+  ``model_worker_cpus`` of the cores the CPU actors leave, and no more than the memory Ray offers
+  holds at ``model_worker_memory_gb`` each (every model of the pipeline lives in each actor);
 * ``cpu_workers: auto``: with GPUs, every core the model actors leave (the GPUs outrun the
   decoding and face tracking, so the CPU side is the bottleneck); on CPUs only, one per 8 cores
   (there the CPU stages cost about an eighth of the models' time, bench/pipeline.py).
@@ -52,8 +53,10 @@ def _set(value: Any) -> bool:
     return str(value) != AUTO
 
 
-def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool) -> PoolSizes:
-    """Resolve the ``auto`` keys of ``ray_cfg`` for a cluster of ``cpus`` CPUs and ``gpus`` GPUs."""
+def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool,
+               memory_gb: float | None = None) -> PoolSizes:
+    """Resolve the ``auto`` keys of ``ray_cfg`` for a cluster of ``cpus`` CPUs, ``gpus`` GPUs and
+    ``memory_gb`` of memory for actors (None: not limited)."""
     cpu_each, model_cpus = float(ray_cfg["cpu_worker_cpus"]), float(ray_cfg["model_worker_cpus"])
     if cpu_each <= 0 or model_cpus < 0:
         raise SizingError(f"ray.cpu_worker_cpus must be > 0 and ray.model_worker_cpus >= 0, got "
@@ -73,6 +76,12 @@ def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool
         if model_workers is None:
             left = cpus - cpu_workers * cpu_each
             model_workers = max(1, math.floor(left / model_cpus + 1e-9)) if model_cpus > 0 else 1
+            if memory_gb is not None:
+                fit = math.floor(memory_gb / float(ray_cfg["model_worker_memory_gb"]))
+                if fit < model_workers:
+                    log.info("%.0f GB of memory holds %d model workers of %g GB, not the %d the cores allow",
+                             memory_gb, fit, float(ray_cfg["model_worker_memory_gb"]), model_workers)
+                    model_workers = max(1, fit)
     if cpu_workers < 1 or model_workers < 1:
         raise SizingError(f"need at least one CPU and one model worker, got {cpu_workers} and {model_workers}")
 

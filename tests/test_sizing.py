@@ -17,6 +17,10 @@ def test_auto_on_cpus_only_keeps_a_core_in_eight_for_decoding_and_faces():
     assert sizes.demand() == (16.0, 0.0)
     two = pool_sizes(ray_cfg(), cpus=2, gpus=0, local=True)
     assert (two.cpu_workers, two.model_workers) == (1, 1)
+    # every model lives in each model actor: memory caps their number on a CPU-only machine
+    assert pool_sizes(ray_cfg(), cpus=16, gpus=0, local=True, memory_gb=20).model_workers == 6
+    assert pool_sizes(ray_cfg(), cpus=16, gpus=0, local=True, memory_gb=2).model_workers == 1
+    assert pool_sizes(ray_cfg(), cpus=32, gpus=4, local=True, memory_gb=20).model_workers == 4  # on GPUs
 
 
 def test_auto_with_gpus_gives_each_model_worker_a_gpu_share_and_the_rest_of_the_cores_to_cpu_workers():
