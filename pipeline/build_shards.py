@@ -34,13 +34,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
 from pipeline.config import load_config, save_config, to_dict  # noqa: E402
-from pipeline.inputs import list_inputs, endpoint_settings  # noqa: E402
+from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
-from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
+from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
 from pipeline.stats import STATS_FILE, compute_stats  # noqa: E402
 from pipeline.weights import MissingWeightsError, require, warn_random  # noqa: E402
 
@@ -134,7 +134,7 @@ def start_ray(cfg: DictConfig) -> bool:
     if ray.is_initialized():
         return False
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    if cfg.ray.address:  # the cluster's workers get this process's S3 endpoint, not its credentials
+    if cfg.ray.address:  # the cluster's workers get this process's object-store endpoints, not credentials
         ray.init(address=cfg.ray.address, log_to_driver=True,
                  runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
                               "env_vars": endpoint_settings()})
