@@ -112,21 +112,23 @@ def _s3_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
     could go to AWS. Credentials still come from pyarrow's default chain (``AWS_ACCESS_KEY_ID``, ...).
     The path is ``bucket/key``, as ``from_uri`` returns it.
     """
-    url = s3_endpoint()
-    parts = urlsplit(url if "://" in url else "https://" + url)
+    host, scheme = _host_and_scheme(s3_endpoint(), default_scheme="https")
     region = next((os.environ[v] for v in S3_REGION_VARS if os.environ.get(v)), "us-east-1")
-    fs = pafs.S3FileSystem(endpoint_override=parts.netloc, scheme=parts.scheme.lower(), region=region)
-    return fs, _bucket_path(source)
+    return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region), _bucket_path(source)
 
 
 def _gcs_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
     """A GCS filesystem for the endpoint in ``STORAGE_EMULATOR_HOST`` (an emulator, or a gateway
     that needs no Google credentials), which ``FileSystem.from_uri`` ignores: requests would go
     to Google and fail for want of an OAuth token."""
-    url = os.environ[GCS_ENDPOINT_VAR]
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    fs = pafs.GcsFileSystem(endpoint_override=parts.netloc, scheme=parts.scheme.lower(), anonymous=True)
-    return fs, _bucket_path(source)
+    host, scheme = _host_and_scheme(os.environ[GCS_ENDPOINT_VAR], default_scheme="http")
+    return pafs.GcsFileSystem(endpoint_override=host, scheme=scheme, anonymous=True), _bucket_path(source)
+
+
+def _host_and_scheme(url: str, default_scheme: str) -> tuple[str, str]:
+    """``host:port`` and ``http``/``https`` of an endpoint URL (``default_scheme`` when it has none)."""
+    parts = urlsplit(url if "://" in url else f"{default_scheme}://{url}")
+    return parts.netloc, parts.scheme.lower()
 
 
 def _bucket_path(source: str) -> str:

@@ -49,7 +49,8 @@ class PoolSizes:
         return asdict(self)
 
 
-def _set(value: Any) -> bool:
+def _given(value: Any) -> bool:
+    """True for a number, False for ``auto``."""
     return str(value) != AUTO
 
 
@@ -61,9 +62,9 @@ def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool
     if cpu_each <= 0 or model_cpus < 0:
         raise SizingError(f"ray.cpu_worker_cpus must be > 0 and ray.model_worker_cpus >= 0, got "
                          f"{cpu_each} and {model_cpus}")
-    gpu_each = float(ray_cfg["model_worker_gpus"]) if _set(ray_cfg["model_worker_gpus"]) else (1.0 if gpus >= 1 else 0.0)
-    cpu_workers = int(ray_cfg["cpu_workers"]) if _set(ray_cfg["cpu_workers"]) else None
-    model_workers = int(ray_cfg["model_workers"]) if _set(ray_cfg["model_workers"]) else None
+    gpu_each = float(ray_cfg["model_worker_gpus"]) if _given(ray_cfg["model_worker_gpus"]) else (1.0 if gpus >= 1 else 0.0)
+    cpu_workers = int(ray_cfg["cpu_workers"]) if _given(ray_cfg["cpu_workers"]) else None
+    model_workers = int(ray_cfg["model_workers"]) if _given(ray_cfg["model_workers"]) else None
 
     if gpu_each > 0:
         if model_workers is None:
