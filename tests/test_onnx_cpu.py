@@ -72,3 +72,24 @@ def test_syncnet_matches_eager():
     assert fast.conf == pytest.approx(eager.conf, abs=1e-3)
     np.testing.assert_allclose(fast.dists, eager.dists, rtol=1e-5)
     assert onnx.weight_id == model.weight_id
+
+
+def test_cache_key_follows_the_forward_code(tmp_path, monkeypatch):
+    """Same weights, edited forward: another cache file (a stale graph would silently run old code)."""
+    import importlib
+    import sys
+
+    from pipeline.onnx_cpu import cache_key
+
+    source = ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              "        self.lin = torch.nn.Linear(3, 3)\n    def forward(self, x):\n        return {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    keys = []
+    for body in ("self.lin(x)", "self.lin(x) * 2"):
+        (tmp_path / "edited_net.py").write_text(source.format(body=body))
+        sys.modules.pop("edited_net", None)
+        module = importlib.import_module("edited_net")
+        torch.manual_seed(0)
+        keys.append(cache_key(module.Net(), "net", torch.zeros(1, 3)))
+    sys.modules.pop("edited_net", None)
+    assert keys[0] != keys[1]
