@@ -12,7 +12,8 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
   and every Ray process);
 * the pure model compute for the same frames: every model of the pipeline run back to back on
   prepared crops, with the model worker's thread count, in this process and split over as many
-  processes as the 2-CPU run has model workers (what the models alone cost on these cores);
+  processes as the 2-CPU run has model workers (what the models alone cost on these cores), and
+  split the same way with the face detector too (the tracker on the decoded frames);
 * the naive way, as the public JoyVASA preparation does it: decode the whole video into memory,
   crop, run the motion extractor (PyTorch eager, default threads) frame by frame at batch 1, then
   the audio encoder, timed with and without loading its models; and the same
@@ -172,32 +173,53 @@ def prepared(spans: list[tuple[str, float, float]], cfg: dict) -> list:
     return clips
 
 
-def pure_model_compute(clips: list, cfg: dict) -> dict:
-    """Every model stage on the prepared clips, back to back in this process, timed."""
+def tracking_frames(clips: list, cfg: dict) -> list[np.ndarray]:
+    """Each prepared clip's frames at the face stage's working size, decoded once, untimed."""
+    from pipeline.stages.faces import FaceStage
+
+    stage = FaceStage(cfg)
+    return [np.concatenate(list(stage.frames(clip))) for clip in clips]
+
+
+def pure_model_compute(clips: list, cfg: dict, frames: list[np.ndarray] | None = None) -> dict:
+    """Every model stage on the prepared clips, back to back in this process, timed; with
+    ``frames``, also the face detector (the tracker on those frames, as the face stage runs it)."""
+    import cv2
+
     from pipeline.stages import build_stage
+    from pipeline.stages.faces import FaceStage
 
     torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
+    cv2.setNumThreads(int(cfg["ray"]["torch_threads"]))
     stages = [build_stage(name, cfg) for name in ("quality", "sync", "motion", "audio_features")]
+    tracker = FaceStage(cfg).tracker
     seconds = dict.fromkeys(MODEL_STAGES, 0.0)
-    for clip in clips:
+    for index, clip in enumerate(clips):
+        if frames is not None:
+            start = time.perf_counter()
+            tracker.track(frames[index])
+            seconds["face_detector"] = seconds.get("face_detector", 0.0) + time.perf_counter() - start
         for stage in stages:
             start = time.perf_counter()
             stage.process(clip)
             seconds[stage.name] += time.perf_counter() - start
-    frames = sum(c.n_frames for c in clips)
+    n_frames = sum(c.n_frames for c in clips)
     total = sum(seconds.values())
-    return {"frames": frames, "seconds": round(total, 2),
-            "stage_fps": {k: round(frames / v, 2) for k, v in seconds.items() if v > 0},
+    return {"frames": n_frames, "seconds": round(total, 2),
+            "seconds_without_face_detector": round(total - seconds.get("face_detector", 0.0), 2),
+            "stage_fps": {k: round(n_frames / v, 2) for k, v in seconds.items() if v > 0},
             "threads": torch.get_num_threads()}
 
 
-def pure_model_compute_parallel(clips: list, cfg: dict, workers: int) -> dict:
+def pure_model_compute_parallel(clips: list, cfg: dict, workers: int,
+                                frames: list[np.ndarray] | None = None) -> dict:
     """``pure_model_compute`` split over ``workers`` forked processes, clips dealt round robin."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
 
     def part(index: int) -> None:
-        queue.put(pure_model_compute(clips[index::workers], cfg)["seconds"])
+        queue.put(pure_model_compute(clips[index::workers], cfg,
+                                     None if frames is None else frames[index::workers])["seconds"])
 
     processes = [context.Process(target=part, args=(i,)) for i in range(workers)]
     start = time.perf_counter()
@@ -279,6 +301,8 @@ def markdown(result: dict) -> str:
                  f"1.0 | {p['stage_fps'].get('motion', '')} | |")
     q = p["parallel"]
     lines.append(f"| pure model compute, same frames, {q['workers']} processes | | {q['wall_s']} | | | | 1.0 | | |")
+    q = p["parallel_with_face_detector"]
+    lines.append(f"| the same with the face detector, {q['workers']} processes | | {q['wall_s']} | | | | 1.0 | | |")
     for row in result.get("memory_vs_length", []):
         lines.append(f"| memory: {row['run']}, one {row['input_s']} s video | {row['video_s']} | | | | | | | "
                      f"{row['peak_mb']} |")
@@ -300,8 +324,12 @@ def main() -> None:
         spans = two["spans"]
         clips = prepared(spans, cfg)
         pure_parallel = pure_model_compute_parallel(clips, cfg, two["model_workers"])
+        frames = tracking_frames(clips, cfg)
+        with_faces = pure_model_compute_parallel(copy.deepcopy(clips), cfg, two["model_workers"], frames)
         pure = pure_model_compute(copy.deepcopy(clips), cfg)
         pure["parallel"] = pure_parallel
+        pure["parallel_with_face_detector"] = with_faces
+        del frames
         baseline = naive(spans, cfg)
         equal_work = naive(spans, cfg, same_models=True)
 
@@ -322,6 +350,12 @@ def main() -> None:
                 "processing_over_ideal_pure_compute_2cpus":
                     round(two["processing_s"] / (pure["seconds"] / two["model_workers"]), 3),
                 "wall_over_pure_compute_2cpus": round(two["wall_s"] / pure_parallel["wall_s"], 3),
+                # the same with the face detector counted as a model (it is one: a Haar cascade
+                # here, SCRFD with faces.backend=insightface), so what is left is the pipeline's
+                # own overhead: decoding, crops, Ray, scheduling, start-up
+                "processing_over_pure_compute_with_face_detector_2cpus":
+                    round(two["processing_s"] / with_faces["wall_s"], 3),
+                "wall_over_pure_compute_with_face_detector_2cpus": round(two["wall_s"] / with_faces["wall_s"], 3),
                 # end to end, start-up and model loading included on both sides
                 "throughput_over_naive_2cpus": over(two, "video_s_per_wall_s", baseline, "video_s_per_wall_with_load_s"),
                 "throughput_over_naive_same_models_2cpus":

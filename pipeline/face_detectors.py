@@ -32,8 +32,9 @@ SCRFD_STD = 128.0
 
 
 class FaceDetector(Protocol):
-    def detect(self, frame: np.ndarray) -> np.ndarray:
-        """(K, 5) float32 ``x1, y1, x2, y2, score`` in frame pixels for one RGB uint8 frame."""
+    def detect(self, frame: np.ndarray, min_side: float = 0.0) -> np.ndarray:
+        """(K, 5) float32 ``x1, y1, x2, y2, score`` in frame pixels for one RGB uint8 frame. Faces
+        with a side under ``min_side`` frame pixels may be left out (a hint that saves work)."""
         ...
 
 
@@ -63,24 +64,27 @@ class HaarDetector:
         self.min_size = int(min_size)
         self.retry_angles = tuple(float(a) for a in retry_angles)
 
-    def _detect_grey(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _detect_grey(self, grey: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
         boxes, _, weights = self.classifier.detectMultiScale3(
             grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size), outputRejectLevels=True)
+            minSize=(min_size, min_size), outputRejectLevels=True)
         if len(boxes) == 0:
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(weights, np.float32).reshape(-1)
 
-    def detect(self, frame: np.ndarray) -> np.ndarray:
+    def detect(self, frame: np.ndarray, min_side: float = 0.0) -> np.ndarray:
+        """``min_side`` skips the pyramid levels of smaller faces, where most of the cascade's time
+        goes (its scan windows grow with the level)."""
         height, width = frame.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if scale < 1.0:
             grey = cv2.resize(grey, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
-        xywh, scores = self._detect_grey(grey)
+        min_size = max(self.min_size, int(min_side * scale))
+        xywh, scores = self._detect_grey(grey, min_size)
         if len(xywh) == 0:
             for angle in self.retry_angles:
-                xywh, scores = self._detect_rotated(grey, angle)
+                xywh, scores = self._detect_rotated(grey, angle, min_size)
                 if len(xywh):
                     break
         out = np.zeros((len(xywh), 5), np.float32)
@@ -90,12 +94,12 @@ class HaarDetector:
         out[:, 4] = scores
         return out[np.argsort(-out[:, 4])]
 
-    def _detect_rotated(self, grey: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    def _detect_rotated(self, grey: np.ndarray, angle: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Detect on a copy rotated about the image centre; return boxes in unrotated coordinates."""
         h, w = grey.shape
         rotation = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
         rotated = cv2.warpAffine(grey, rotation, (w, h), borderMode=cv2.BORDER_REPLICATE)
-        xywh, scores = self._detect_grey(rotated)
+        xywh, scores = self._detect_grey(rotated, min_size)
         if len(xywh) == 0:
             return xywh, scores
         centres = xywh[:, :2] + xywh[:, 2:] / 2
@@ -212,7 +216,8 @@ class ScrfdDetector:
         blob = ((canvas - SCRFD_MEAN) / SCRFD_STD).transpose(2, 0, 1)[None]
         return np.ascontiguousarray(blob, dtype=np.float32), scale
 
-    def detect(self, frame: np.ndarray) -> np.ndarray:
+    def detect(self, frame: np.ndarray, min_side: float = 0.0) -> np.ndarray:
+        """``min_side`` is ignored: the network costs the same whatever the face size."""
         blob, scale = self.letterbox(frame)
         outputs = self.session.run(self.output_names, {self.input_name: blob})
         dets = decode_scrfd(outputs, self.input_size, self.score_threshold, self.nms_threshold)

@@ -121,6 +121,28 @@ def test_face_removed_mid_clip_is_track_lost(tracker, d20):
     assert np.isfinite(result.boxes).all()  # still interpolated through the gap
 
 
+def test_scale_hint_finds_what_full_scans_find(media, d20):
+    """Between full scans the cascade skips faces under half the tracked one: on real clips, two
+    faces, a small second face and a face that leaves, the track equals scanning every size."""
+    small = np.stack([cv2.resize(f, (80, 80), interpolation=cv2.INTER_AREA) for f in d20])
+    corner = d20.copy()
+    corner[:, 160:, 160:] = small
+    leaves = np.concatenate([d20, d20])
+    leaves[20:70] = 128
+    cases = {"two faces": np.concatenate([d20[:24], d20[:24, :, ::-1]], axis=2), "small second face": corner,
+             "face leaves": leaves, **{name: decode(media / name, *CLIPS[name]) for name in CLIPS}}
+    hinted, full = FaceTracker(min_face=40), FaceTracker(min_face=40, full_scan_every=1)
+    hints: list[float] = []
+    detect = hinted.detector.detect
+    hinted.detector.detect = lambda frame, min_side=0.0: hints.append(min_side) or detect(frame, min_side)
+    for name, frames in cases.items():
+        a, b = hinted.track(frames), full.track(frames)
+        assert (a.reason, a.n_faces_max, a.face_size) == (b.reason, b.n_faces_max, b.face_size), name
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3, err_msg=name)
+    # most samples skipped the cascade's smallest scales (20 px windows at these frame sizes)
+    assert np.mean(np.asarray(hints) > hinted.detector.min_size) > 0.5
+
+
 def test_bad_input_is_refused(tracker):
     with pytest.raises(ValueError, match="uint8"):
         tracker.track(np.zeros((4, 32, 32, 3), np.float32))
