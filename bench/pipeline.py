@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -184,13 +185,10 @@ def tracking_frames(clips: list, cfg: dict) -> list[np.ndarray]:
 def pure_model_compute(clips: list, cfg: dict, frames: list[np.ndarray] | None = None) -> dict:
     """Every model stage on the prepared clips, back to back in this process, timed; with
     ``frames``, also the face detector (the tracker on those frames, as the face stage runs it)."""
-    import cv2
-
     from pipeline.stages import build_stage
     from pipeline.stages.faces import FaceStage
 
     torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
-    cv2.setNumThreads(int(cfg["ray"]["torch_threads"]))
     stages = [build_stage(name, cfg) for name in ("quality", "sync", "motion", "audio_features")]
     tracker = FaceStage(cfg).tracker
     seconds = dict.fromkeys(MODEL_STAGES, 0.0)
@@ -225,7 +223,7 @@ def pure_model_compute_parallel(clips: list, cfg: dict, workers: int,
     start = time.perf_counter()
     for process in processes:
         process.start()
-    seconds = [queue.get() for _ in processes]
+    seconds = [queue.get(timeout=3600) for _ in processes]
     for process in processes:
         process.join()
     return {"workers": workers, "wall_s": round(time.perf_counter() - start, 2), "seconds_per_worker": seconds}
@@ -246,6 +244,7 @@ def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = 
     from pipeline.stages.faces import working_size
 
     torch.set_num_threads(len(psutil.Process().cpu_affinity()))
+    cv2.setNumThreads(len(psutil.Process().cpu_affinity()))
     loading = time.perf_counter()
     extractor = load_motion_extractor("random")
     encoder = AudioEncoder("random", device="cpu", random_config=cfg["models"]["audio_encoder"]["random_config"])
@@ -313,6 +312,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the memory-versus-length runs")
     args = parser.parse_args()
+    # OpenCV on one thread, as in the pipeline's workers, until the naive runs: its thread pool
+    # does not survive a fork, and the pure-compute runs fork.
+    cv2.setNumThreads(int(dict(s.split("=") for s in SETTINGS)["ray.torch_threads"]))
     cfg = to_dict(load_config("pipeline", list(SETTINGS) + ["models.audio_encoder.random_config=null"]))
     cfg["weights"]["random"] = True
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
