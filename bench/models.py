@@ -1,5 +1,6 @@
 """Throughput of the model components on this machine: motion extractor (batch 1 vs batched),
-SyncNet and the offline (Haar) face backend, with random weights of the official architectures.
+SyncNet, both on one thread in PyTorch eager and ONNX Runtime (CPU), and the offline (Haar) face
+backend, with random weights of the official architectures.
 
     python bench/models.py [--frames 16] [--threads 2] [--device cpu]
 
@@ -76,6 +77,36 @@ def bench_syncnet(n_frames: int, device: str) -> list[dict]:
     return rows
 
 
+def bench_cpu_runtimes(n_frames: int) -> list[dict]:
+    """The extractor and SyncNet on one thread, PyTorch eager against ONNX Runtime (the pipeline's
+    CPU default, ``pipeline.onnx_cpu``), as one single-threaded model worker runs them."""
+    from filters.syncnet import SyncNetOnnxCpu
+    from pipeline.motion_extractor import on_onnx_cpu
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rng = np.random.default_rng(0)
+        crops = rng.integers(0, 256, (n_frames, 256, 256, 3), dtype=np.uint8)
+        extractor = load_motion_extractor("random")
+        total = n_frames + WINDOW_FRAMES
+        face_crops = rng.integers(0, 256, (total, 224, 224, 3), dtype=np.uint8)
+        audio = (rng.normal(size=total * SAMPLES_PER_FRAME) * 0.1).astype(np.float32)
+        syncnet = load_syncnet("random")
+        rows = []
+        for runtime, motion, sync in (("eager", extractor, syncnet),
+                                      ("onnxruntime", on_onnx_cpu(extractor), SyncNetOnnxCpu(syncnet))):
+            extract(motion, crops[:4], batch_size=4)  # warm-up
+            seconds = timed(lambda m=motion: extract(m, crops, batch_size=4))
+            rows.append(row(f"liveportrait motion extractor, 1 thread, {runtime}", 4, n_frames, seconds))
+            sync_scores(sync, face_crops[:WINDOW_FRAMES + 1], audio[:(WINDOW_FRAMES + 1) * SAMPLES_PER_FRAME])
+            seconds = timed(lambda m=sync: sync_scores(m, face_crops, audio, batch_size=64))
+            rows.append(row(f"syncnet, window stride 1, 1 thread, {runtime}", min(64, n_frames), n_frames, seconds))
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
 def bench_faces(n_frames: int) -> tuple[list[dict], str | None]:
     try:
         from pipeline.faces import FaceTracker
@@ -126,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = bench_motion_extractor(args.frames, args.device)
     rows += bench_syncnet(args.frames, args.device)
+    if args.device == "cpu":
+        rows += bench_cpu_runtimes(args.frames)
     face_rows, face_skip = bench_faces(args.frames * 4)
     rows += face_rows
     report = {
