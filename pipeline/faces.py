@@ -1,7 +1,9 @@
 """Face tracks through a clip, the reasons a clip fails, and the two crops the models need.
 
-``FaceTracker.track`` detects faces on every ``detect_every``-th frame, links detections of
-consecutive sampled frames into tracks by box overlap (IoU), keeps the dominant track and decides:
+``FaceTracker.track`` detects faces on every ``detect_every``-th frame (faces of every size on
+every ``full_scan_every``-th sample; in between only faces at least about half the size of those in
+the previous sample, which saves a cascade most of its time), links detections of consecutive
+sampled frames into tracks by box overlap (IoU), keeps the dominant track and decides:
 
 * ``no_face``: no track persists (seen in fewer than ``min_track_share`` of the sampled frames);
 * ``multiple_faces``: another track of comparable size (area >= ``multiple_area_ratio`` x the
