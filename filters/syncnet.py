@@ -145,7 +145,7 @@ class _Tower(nn.Module):
 
 
 class SyncNetOnnxCpu:
-    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.3x faster."""
+    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.2x the frames/s of eager."""
 
     device = torch.device("cpu")
     dtype = torch.float32
