@@ -56,7 +56,10 @@ def cache_key(module: nn.Module, name: str, example: torch.Tensor) -> str:
     (its source file), input layout, torch, opset."""
     digest = hashlib.sha256(f"{name}|{torch.__version__}|{OPSET}|{tuple(example.shape[1:])}|"
                             f"{example.dtype}".encode())
-    digest.update(inspect.getsource(inspect.getmodule(type(module))).encode())
+    try:
+        digest.update(inspect.getsource(inspect.getmodule(type(module))).encode())
+    except (OSError, TypeError):  # no source file (an interactive session): the class name only
+        digest.update(type(module).__qualname__.encode())
     for key, tensor in module.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
