@@ -192,10 +192,10 @@ def pure_model_compute(clips: list, cfg: dict, frames: list[np.ndarray] | None =
 
     torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
     stages = [build_stage(name, cfg) for name in ("quality", "sync", "motion", "audio_features")]
-    tracker = FaceStage(cfg).tracker
+    tracker = FaceStage(cfg).tracker if frames is not None else None
     seconds = dict.fromkeys(MODEL_STAGES, 0.0)
     for index, clip in enumerate(clips):
-        if frames is not None:
+        if tracker is not None:
             start = time.perf_counter()
             tracker.track(frames[index])
             seconds["face_detector"] = seconds.get("face_detector", 0.0) + time.perf_counter() - start
@@ -206,7 +206,6 @@ def pure_model_compute(clips: list, cfg: dict, frames: list[np.ndarray] | None =
     n_frames = sum(c.n_frames for c in clips)
     total = sum(seconds.values())
     return {"frames": n_frames, "seconds": round(total, 2),
-            "seconds_without_face_detector": round(total - seconds.get("face_detector", 0.0), 2),
             "stage_fps": {k: round(n_frames / v, 2) for k, v in seconds.items() if v > 0},
             "threads": torch.get_num_threads()}
 
@@ -320,12 +319,12 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="skip the memory-versus-length runs")
+    parser.add_argument("--quick", action="store_true", help="skip the 3x-input and memory-versus-length runs")
     args = parser.parse_args()
-    # OpenCV on one thread, as in the pipeline's workers, until the naive runs: its thread pool
-    # does not survive a fork, and the pure-compute runs fork.
-    cv2.setNumThreads(int(dict(s.split("=") for s in SETTINGS)["ray.torch_threads"]))
     cfg = to_dict(load_config("pipeline", list(SETTINGS) + ["models.audio_encoder.random_config=null"]))
+    # OpenCV on the model workers' thread count until the naive runs: its thread pool does not
+    # survive a fork, and the pure-compute runs fork.
+    cv2.setNumThreads(int(cfg["ray"]["torch_threads"]))
     cfg["weights"]["random"] = True
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:

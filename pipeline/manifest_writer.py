@@ -79,8 +79,6 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
 
 
-
-
 def write_parts(out: OutputDir, chunk: int, video_rows: list[dict], clip_rows: list[dict]) -> None:
     out.write_parquet(part_name(chunk, "videos"), to_table(video_rows, VIDEOS))
     out.write_parquet(part_name(chunk, "clips"), to_table(clip_rows, CLIPS))
