@@ -4,20 +4,21 @@
 
 Measures, on the real sample clips (synthesised ones when the media folder is absent):
 
-* the pipeline with a local Ray of 2 CPUs and of 1 CPU (the whole Ray session pinned to that
-  many cores; one single-threaded model worker per core, see ``sizing``), its models on ONNX
-  Runtime (the CPU default): video seconds per wall second (wall includes Ray's start-up and
-  model loading; "processing" excludes them), frames per second of each stage, the share of the
-  processing time spent inside model forward passes, and peak memory (summed PSS of the driver
-  and every Ray process);
+* the pipeline, run as users run it (``python pipeline/build_shards.py``, a fresh process), with a
+  local Ray of 2 CPUs and of 1 CPU (the whole command pinned to that many cores; one
+  single-threaded model worker per core, see ``sizing``), its models on ONNX Runtime (the CPU
+  default): video seconds per wall second (wall: the whole command, Python's start, Ray's
+  start-up and model loading included; "processing" excludes start-up), frames per second of
+  each stage, the share of the processing time spent inside model forward passes, and peak memory
+  (summed PSS of the command's process tree: the driver and every Ray process);
 * the pure model compute for the same frames: every model of the pipeline run back to back on
   prepared crops, with the model worker's thread count, in this process and split over as many
   processes as the 2-CPU run has model workers (what the models alone cost on these cores), and
   split the same way with the face detector too (the tracker on the decoded frames);
-* the naive way, as the public JoyVASA preparation does it: decode the whole video into memory,
-  crop, run the motion extractor (PyTorch eager, default threads) frame by frame at batch 1, then
-  the audio encoder, timed with and without loading its models; and the same
-  with the pipeline's filter models added (quality, SyncNet), for a comparison at equal work;
+* the naive way (``bench/naive_prepare.py``, also a fresh process, timed the same way): decode the
+  whole video into memory, crop, run the motion extractor (PyTorch eager, default threads) frame
+  by frame at batch 1, then the audio encoder, as the public JoyVASA preparation does; and the
+  same with the pipeline's filter models added (quality, SyncNet), for a comparison at equal work;
 * the 2-CPU run again with SyncNet's lip tower on every 2nd window (``filters.sync.window_stride``);
 * the 2-CPU run and the naive way on every input looped 3 times (the fixed start-up of Ray, its
   workers and their models spread over 3x the video; skipped with ``--quick``);
@@ -52,7 +53,6 @@ import psutil  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.build_shards import main as build_shards  # noqa: E402
 from pipeline.config import load_config, to_dict  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
@@ -121,24 +121,32 @@ def sizing(cpus: int) -> tuple[str, ...]:
             f"ray.model_worker_cpus={(cpus - 0.5) / cpus}")
 
 
+def command(argv: list[str], log: Path) -> None:
+    """Run a timed command, its output to ``log``; on failure stop with the log's end."""
+    with log.open("wb") as sink:
+        code = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv[1:3])} failed with exit code {code}:\n"
+                         + log.read_text(errors="replace")[-3000:])
+
+
 def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int, extra: tuple[str, ...] = ()) -> dict:
-    """One run of the job with a local Ray of ``cpus`` CPUs (pinned to that many cores)."""
+    """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores)."""
     listing = work / f"{name}.txt"
     listing.write_text("\n".join(str(v) for v in videos) + "\n")
     out = work / name
     me = psutil.Process()
     affinity = me.cpu_affinity()
-    me.cpu_affinity(affinity[:cpus])  # Ray's processes inherit it
+    me.cpu_affinity(affinity[:cpus])  # the command and Ray's processes inherit it
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
-            code = build_shards(["--input", str(listing), "--output", str(out), "--random-weights",
-                                 *SETTINGS, f"ray.num_cpus={cpus}", *sizing(cpus), *extra])
+            command([sys.executable, str(ROOT / "pipeline" / "build_shards.py"), "--input", str(listing),
+                     "--output", str(out), "--random-weights", *SETTINGS, f"ray.num_cpus={cpus}", *sizing(cpus),
+                     *extra], work / f"{name}.log")
             wall = time.perf_counter() - start
     finally:
         me.cpu_affinity(affinity)
-    if code != 0:
-        raise SystemExit(f"pipeline run {name} failed with exit code {code}")
     run = json.loads((out / "run.json").read_text())
     clips = pq.read_table(out / "manifests" / "clips.parquet").to_pylist()
     kept = [c for c in clips if c["kept"]]
@@ -230,55 +238,21 @@ def pure_model_compute_parallel(clips: list, cfg: dict, workers: int,
     return {"workers": workers, "wall_s": round(time.perf_counter() - start, 2), "seconds_per_worker": seconds}
 
 
-def naive(spans: list[tuple[str, float, float]], cfg: dict, same_models: bool = False) -> dict:
-    """Whole video in memory, crop, extractor frame by frame at batch 1, then audio features (the
-    public JoyVASA preparation). ``same_models`` adds the pipeline's filter models (quality on the
-    crops, SyncNet), run the same plain way, for a comparison at equal work. PyTorch eager with its
-    default threads (every core), as the public scripts run."""
-    from filters.quality import QualityScorer
-    from filters.syncnet import load_syncnet, sync_scores
-    from pipeline.audio_features import AudioEncoder
-    from pipeline.decode import decode_audio, iter_video_chunks
-    from pipeline.faces import FaceTracker, crop_liveportrait, crop_syncnet
-    from pipeline.motion_extractor import extract, load_motion_extractor
-    from pipeline.probe import probe
-    from pipeline.stages.faces import working_size
-
-    torch.set_num_threads(len(psutil.Process().cpu_affinity()))
-    cv2.setNumThreads(len(psutil.Process().cpu_affinity()))
-    loading = time.perf_counter()
-    extractor = load_motion_extractor("random")
-    encoder = AudioEncoder("random", device="cpu", random_config=cfg["models"]["audio_encoder"]["random_config"])
-    tracker = FaceTracker("haar", min_face=0)
-    syncnet = load_syncnet("random") if same_models else None
-    quality = QualityScorer("piqe", n_frames=8) if same_models else None
-    load_s = time.perf_counter() - loading
+def run_naive(spans: list[tuple[str, float, float]], work: Path, name: str, cfg: dict,
+              same_models: bool = False) -> dict:
+    """One run of ``bench/naive_prepare.py`` on the pipeline's kept spans, timed as a command."""
+    listing, out = work / f"{name}_spans.json", work / f"{name}.json"
+    listing.write_text(json.dumps(spans))
     with PeakMemory() as memory:
         start = time.perf_counter()
-        frames_done, video_s = 0, 0.0
-        for source in sorted({s for s, _, _ in spans}):
-            info = probe(source)
-            size = working_size(info.width, info.height, info.rotation, int(cfg["decode"]["max_side"]))
-            whole = np.concatenate(list(iter_video_chunks(source, 0.0, info.duration_s, size=size)))
-            audio = decode_audio(source, 0.0, info.duration_s)
-            for _, a, b in (s for s in spans if s[0] == source):
-                first, last = round(a * 25), round(a * 25) + round((b - a) * 25)
-                frames = whole[first:last]
-                track = tracker.track(frames)
-                crops = crop_liveportrait(frames, track)
-                clip_audio = audio[first * 640:last * 640]
-                if same_models:
-                    quality.score(crops)
-                    sync_scores(syncnet, crop_syncnet(frames, track), clip_audio)
-                for crop in crops:
-                    extract(extractor, crop[None], batch_size=1)
-                encoder.encode(clip_audio, len(frames))
-                frames_done += len(frames)
-                video_s += b - a
+        command([sys.executable, str(ROOT / "bench" / "naive_prepare.py"), "--spans", str(listing), "--out", str(out),
+                 "--max-side", str(cfg["decode"]["max_side"]), *(["--same-models"] if same_models else [])],
+                work / f"{name}.log")
         wall = time.perf_counter() - start
-    return {"frames": frames_done, "video_s": round(video_s, 2), "wall_s": round(wall, 2), "load_s": round(load_s, 2),
-            "threads": torch.get_num_threads(), "video_s_per_wall_s": round(video_s / wall, 4),
-            "video_s_per_wall_with_load_s": round(video_s / (wall + load_s), 4), "peak_mb": round(memory.peak / 2**20, 1)}
+    result = json.loads(out.read_text())
+    result.update(command_wall_s=round(wall, 2), video_s_per_command_wall_s=round(result["video_s"] / wall, 4),
+                  peak_mb=round(memory.peak / 2**20, 1))
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -294,8 +268,8 @@ def markdown(result: dict) -> str:
     for key, label in (("naive", "naive: whole video in memory, extractor at batch 1, audio features"),
                        ("naive_same_models", "naive with the pipeline's filter models too (equal work)")):
         n = result[key]
-        lines.append(f"| {label} | {n['video_s']} | {round(n['wall_s'] + n['load_s'], 2)} | {n['wall_s']} | "
-                     f"{n['video_s_per_wall_with_load_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
+        lines.append(f"| {label} | {n['video_s']} | {n['command_wall_s']} | {n['wall_s']} | "
+                     f"{n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
     p = result["pure_model_compute"]
     lines.append(f"| pure model compute, same frames, one process ({p['threads']} thread) | | {p['seconds']} | | | | "
                  f"1.0 | {p['stage_fps'].get('motion', '')} | |")
@@ -308,8 +282,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| pipeline, 2 Ray CPUs, every input 3x as long ({r['name']}) | {r['video_s']} | {r['wall_s']} | "
                      f"{r['processing_s']} | {r['video_s_per_wall_s']} | {r['video_s_per_processing_s']} | "
                      f"{r['model_share_of_processing']} | {r['stage_fps'].get('motion', '')} | {r['peak_mb']} |")
-        lines.append(f"| naive, every input 3x as long | {n['video_s']} | {round(n['wall_s'] + n['load_s'], 2)} | "
-                     f"{n['wall_s']} | {n['video_s_per_wall_with_load_s']} | {n['video_s_per_wall_s']} | | | "
+        lines.append(f"| naive, every input 3x as long | {n['video_s']} | {n['command_wall_s']} | "
+                     f"{n['wall_s']} | {n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | "
                      f"{n['peak_mb']} |")
     for row in result.get("memory_vs_length", []):
         lines.append(f"| memory: {row['run']}, one {row['input_s']} s video | {row['video_s']} | | | | | | | "
@@ -341,8 +315,8 @@ def main() -> None:
         pure["parallel"] = pure_parallel
         pure["parallel_with_face_detector"] = with_faces
         del frames
-        baseline = naive(spans, cfg)
-        equal_work = naive(spans, cfg, same_models=True)
+        baseline = run_naive(spans, work, "naive", cfg)
+        equal_work = run_naive(spans, work, "naive_same_models", cfg, same_models=True)
 
         def over(run: dict, key: str, other: dict, other_key: str) -> float:
             return round(run[key] / other[other_key], 3)
@@ -367,12 +341,12 @@ def main() -> None:
                 "processing_over_pure_compute_with_face_detector_2cpus":
                     round(two["processing_s"] / with_faces["wall_s"], 3),
                 "wall_over_pure_compute_with_face_detector_2cpus": round(two["wall_s"] / with_faces["wall_s"], 3),
-                # end to end, start-up and model loading included on both sides
-                "throughput_over_naive_2cpus": over(two, "video_s_per_wall_s", baseline, "video_s_per_wall_with_load_s"),
+                # end to end: both commands' wall time, from Python's start to exit
+                "throughput_over_naive_2cpus": over(two, "video_s_per_wall_s", baseline, "video_s_per_command_wall_s"),
                 "throughput_over_naive_same_models_2cpus":
-                    over(two, "video_s_per_wall_s", equal_work, "video_s_per_wall_with_load_s"),
+                    over(two, "video_s_per_wall_s", equal_work, "video_s_per_command_wall_s"),
                 "sync_stride2_throughput_over_naive_2cpus":
-                    over(stride2, "video_s_per_wall_s", baseline, "video_s_per_wall_with_load_s"),
+                    over(stride2, "video_s_per_wall_s", baseline, "video_s_per_command_wall_s"),
                 # once running: the pipeline's processing time against the naive loop's work time
                 "processing_throughput_over_naive_2cpus":
                     over(two, "video_s_per_processing_s", baseline, "video_s_per_wall_s"),
@@ -384,14 +358,15 @@ def main() -> None:
             looped = [loop_video(v, work / "inputs" / f"{v.stem}_x3.mp4", 3) for v in videos]
             # Throughput with the fixed start-up (Ray, workers, models) spread over 3x the video.
             longer = run_pipeline(looped, work, "two_cpus_3x_input", 2)
-            longer_naive = naive(longer["spans"], cfg)
+            longer_naive = run_naive(longer["spans"], work, "naive_3x_input", cfg)
             result["longer_input"] = {"pipeline": longer, "naive": longer_naive}
             result["ratios"]["throughput_over_naive_3x_input_2cpus"] = \
-                over(longer, "video_s_per_wall_s", longer_naive, "video_s_per_wall_with_load_s")
+                over(longer, "video_s_per_wall_s", longer_naive, "video_s_per_command_wall_s")
             long_video = looped[0]
             short_run = run_pipeline(videos[:1], work, "memory_short", 2)
             long_run = run_pipeline([long_video], work, "memory_long", 2)
-            naive_short, naive_long = naive(short_run["spans"], cfg), naive(long_run["spans"], cfg)
+            naive_short = run_naive(short_run["spans"], work, "naive_memory_short", cfg)
+            naive_long = run_naive(long_run["spans"], work, "naive_memory_long", cfg)
             lengths = {"short": probe(str(videos[0])).duration_s, "long": probe(str(long_video)).duration_s}
             result["memory_vs_length"] = [
                 {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"],

@@ -133,27 +133,67 @@ def load_syncnet(weights: str | Path, device: str | torch.device = "cpu", seed: 
     return model.to(device).eval().requires_grad_(False)
 
 
-class _Tower(nn.Module):
-    """One of SyncNet's two towers as a module of its own, for export."""
+def _layer_2d(layer: nn.Module) -> nn.Module:
+    """The 2D layer that computes what a lip-tower 3D layer computes on a window it spans in time."""
+    if isinstance(layer, nn.Conv3d):
+        if layer.stride[0] != 1 or layer.padding[0] != 0:
+            raise ValueError(f"{layer} mixes time steps; it has no 2D equivalent")
+        conv = nn.Conv2d(layer.in_channels * layer.kernel_size[0], layer.out_channels, layer.kernel_size[1:],
+                         stride=layer.stride[1:], padding=layer.padding[1:])
+        conv.weight.data = layer.weight.data.reshape(conv.weight.shape)  # (out, in, t, h, w) -> (out, in*t, h, w)
+        conv.bias.data = layer.bias.data
+        return conv
+    if isinstance(layer, nn.BatchNorm3d):
+        norm = nn.BatchNorm2d(layer.num_features, eps=layer.eps)
+        norm.load_state_dict(layer.state_dict())
+        return norm
+    if isinstance(layer, nn.MaxPool3d):
+        padding = layer.padding[1:] if isinstance(layer.padding, tuple) else layer.padding
+        return nn.MaxPool2d(layer.kernel_size[1:], stride=layer.stride[1:], padding=padding)
+    return layer
 
-    def __init__(self, model: SyncNet, which: str):
+
+class LipTower2d(nn.Module):
+    """The lip tower as a 2D CNN over the window's 15 (colour x frame) channels, for export.
+
+    Its first Conv3d spans the whole 5-frame window (no temporal padding), so every later layer
+    sees a single time step and each 3D layer equals a 2D one: the same embeddings within 1e-5.
+    ONNX Runtime's blocked (NCHWc) convolution kernels cover 2D convolutions only, so this form
+    runs 1.2x faster there (33.5 vs 27.5 windows/s on one thread); eager PyTorch gains nothing.
+    """
+
+    def __init__(self, model: SyncNet):
         super().__init__()
-        self.model, self.which = model, which
+        self.cnn = nn.Sequential(*(_layer_2d(layer) for layer in model.netcnnlip)).eval()
+        self.fc = model.netfclip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_video(x) if self.which == "video" else self.model.forward_audio(x)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """BGR 0..255 windows (B, 3, 5, 224, 224) -> embeddings (B, 1024), as ``forward_video``."""
+        return self.fc(self.cnn(frames.flatten(1, 2)).flatten(1))
+
+
+class AudioTower(nn.Module):
+    """The audio tower as a module of its own, for export."""
+
+    def __init__(self, model: SyncNet):
+        super().__init__()
+        self.cnn, self.fc = model.netcnnaud, model.netfcaud
+
+    def forward(self, mfcc: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.cnn(mfcc).flatten(1))
 
 
 class SyncNetOnnxCpu:
-    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.2x the frames/s of eager."""
+    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.5x the windows/s
+    of eager on one thread (the lip tower exported as :class:`LipTower2d`)."""
 
     device = torch.device("cpu")
     dtype = torch.float32
 
     def __init__(self, model: SyncNet, threads: int = 1, cache_dir: str | Path | None = None):
-        self.forward_video = OnnxCpu(_Tower(model, "video"), torch.zeros(2, 3, WINDOW_FRAMES, CROP_SIZE, CROP_SIZE),
+        self.forward_video = OnnxCpu(LipTower2d(model), torch.zeros(2, 3, WINDOW_FRAMES, CROP_SIZE, CROP_SIZE),
                                      "syncnet_v2_video", threads=threads, cache_dir=cache_dir)
-        self.forward_audio = OnnxCpu(_Tower(model, "audio"), torch.zeros(2, 1, 13, MFCC_WINDOW),
+        self.forward_audio = OnnxCpu(AudioTower(model), torch.zeros(2, 1, 13, MFCC_WINDOW),
                                      "syncnet_v2_audio", threads=threads, cache_dir=cache_dir)
         self.weight_id = model.weight_id
 

@@ -7,21 +7,33 @@ pitch about x, yaw about y, roll about z, ``R = (Rz @ Ry @ Rx)^T``, and keypoint
 """
 from __future__ import annotations
 
-from typing import TypeVar
+import sys
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 N_BINS = 66
 BIN_DEGREES = 3.0
 OFFSET_DEGREES = 97.5
 
 
+def is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch: the driver and the CPU workers use
+    these functions on numpy arrays only and should not pay torch's import (over a CPU-second)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def logits_to_degrees(logits: Array) -> Array:
     """Pose logits (..., 66) -> degrees (...)."""
-    if isinstance(logits, torch.Tensor):
+    if is_tensor(logits):
+        import torch
+
         prob = torch.softmax(logits.float(), dim=-1)
         idx = torch.arange(N_BINS, dtype=prob.dtype, device=prob.device)
         return (prob * idx).sum(-1) * BIN_DEGREES - OFFSET_DEGREES
@@ -55,7 +67,9 @@ def degrees_to_logits(degrees: np.ndarray, sigma_bins: float = 1.0) -> np.ndarra
 
 def rotation_matrix(pitch: Array, yaw: Array, roll: Array) -> Array:
     """Angles in degrees (...) -> rotation matrices (..., 3, 3), LivePortrait's convention."""
-    if isinstance(pitch, torch.Tensor):
+    if is_tensor(pitch):
+        import torch
+
         x, y, z = (torch.deg2rad(a.float()) for a in (pitch, yaw, roll))
         cos, sin, stack = torch.cos, torch.sin, torch.stack
         one, zero = torch.ones_like(x), torch.zeros_like(x)
@@ -71,8 +85,9 @@ def rotation_matrix(pitch: Array, yaw: Array, roll: Array) -> Array:
     ry = mat([[cos(y), zero, sin(y)], [zero, one, zero], [-sin(y), zero, cos(y)]])
     rz = mat([[cos(z), -sin(z), zero], [sin(z), cos(z), zero], [zero, zero, one]])
     rot = rz @ ry @ rx
-    rot = rot.transpose(-1, -2) if isinstance(rot, torch.Tensor) else np.swapaxes(rot, -1, -2)
-    return rot if isinstance(rot, torch.Tensor) else rot.astype(np.float32)
+    if is_tensor(rot):
+        return rot.transpose(-1, -2)
+    return np.swapaxes(rot, -1, -2).astype(np.float32)
 
 
 def matrix_to_degrees(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,6 +107,9 @@ def transform_keypoints(kp_c: Array, scale: Array, rot: Array, exp: Array, t: Ar
     kp_c = kp_c.reshape(*kp_c.shape[:-1], 21, 3) if kp_c.shape[-1] == 63 else kp_c
     exp = exp.reshape(*exp.shape[:-1], 21, 3) if exp.shape[-1] == 63 else exp
     x = (kp_c @ rot + exp) * scale[..., None]
-    shift = t[..., None, :] * (torch.tensor([1.0, 1.0, 0.0]) if isinstance(t, torch.Tensor)
-                               else np.array([1.0, 1.0, 0.0], dtype=np.float32))
-    return x + shift
+    keep_xy = [1.0, 1.0, 0.0]
+    if is_tensor(t):
+        import torch
+
+        return x + t[..., None, :] * torch.tensor(keep_xy, dtype=t.dtype, device=t.device)
+    return x + t[..., None, :] * np.array(keep_xy, dtype=np.float32)

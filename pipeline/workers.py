@@ -15,13 +15,16 @@ from pipeline.clip import Clip
 from pipeline.stages import GROUPS, build_stage
 
 
-def configure_threads(n: int) -> None:
-    """Limit intra-op threads of torch and OpenCV so actors do not oversubscribe the cores."""
+def configure_threads(n: int, torch_too: bool) -> None:
+    """Limit intra-op threads of OpenCV (and torch, in a worker that runs models) so actors do not
+    oversubscribe the cores. Only model workers import torch: it costs over a CPU-second each."""
     import cv2
-    import torch
 
-    torch.set_num_threads(max(1, n))
     cv2.setNumThreads(max(1, n))
+    if torch_too:
+        import torch
+
+        torch.set_num_threads(max(1, n))
 
 
 class StageWorker:
@@ -31,7 +34,7 @@ class StageWorker:
     def __init__(self, groups: tuple[str, ...], cfg: Mapping[str, Any]):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        configure_threads(int(cfg["ray"]["torch_threads"]))
+        configure_threads(int(cfg["ray"]["torch_threads"]), torch_too="model" in groups)
         self.groups = {group: [build_stage(name, cfg) for name in GROUPS[group]] for group in groups}
 
     def run(self, group: str, clips: list[Clip]) -> list[Clip]:

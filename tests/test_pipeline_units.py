@@ -282,6 +282,27 @@ def test_a_process_that_exits_right_after_reading_parquet_exits_cleanly(tmp_path
     assert codes == [0] * 12
 
 
+DRIVER_AND_CPU_WORKER = """
+import sys
+import pipeline.build_shards, pipeline.chunk_writer, pipeline.stats
+from pipeline.config import load_config, to_dict
+from pipeline.workers import StageWorker
+StageWorker(("video", "prepare"), to_dict(load_config("pipeline", [])))
+print(sorted(m for m in ("torch", "transformers", "pyiqa", "onnxruntime") if m in sys.modules))
+"""
+
+
+def test_driver_and_cpu_workers_never_import_the_model_libraries():
+    """Only model workers pay for torch and the model libraries (about 5 CPU-seconds per process)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", DRIVER_AND_CPU_WORKER], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 # ----------------------------------------------------------------------------------- cluster yaml
 
 def test_ray_cluster_yaml_validates_against_rays_schema():

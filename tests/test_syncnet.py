@@ -12,7 +12,7 @@ import python_speech_features
 import soundfile as sf
 import torch
 
-from filters.syncnet import SyncNet, load_syncnet, score_embeddings, sync_scores
+from filters.syncnet import LipTower2d, SyncNet, load_syncnet, score_embeddings, sync_scores
 from pipeline.media import REPO_ROOT
 
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "syncnet_v2.keys.json"
@@ -88,6 +88,18 @@ def brute_force_scores(video: np.ndarray, audio: np.ndarray, vshift: int):
     best = int(np.argmin(mean))
     median = float(np.median(mean))
     return vshift - best, median - mean[best], mean[best], median - dists[:, best], mean
+
+
+def test_lip_tower_as_2d_cnn_equals_the_3d_one(saved):
+    """The export form of the lip tower (perturbed weights and BatchNorm statistics) gives the
+    official 3D tower's embeddings."""
+    model, _, _ = saved
+    frames = torch.rand(3, 3, 5, 224, 224, generator=torch.Generator().manual_seed(3)) * 255
+    with torch.no_grad():
+        official, flat = model.forward_video(frames), LipTower2d(model)(frames)
+    assert flat.shape == official.shape == (3, 1024)
+    torch.testing.assert_close(flat, official, atol=1e-4, rtol=1e-4)
+    assert official.std() > 1e-2  # not trivially equal
 
 
 def test_scoring_math_matches_brute_force():
