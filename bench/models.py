@@ -71,8 +71,8 @@ def bench_syncnet(n_frames: int, device: str) -> list[dict]:
     sync_scores(model, crops[:WINDOW_FRAMES + 1], audio[:(WINDOW_FRAMES + 1) * SAMPLES_PER_FRAME])  # warm-up
     rows = []
     for stride in (1, 2):
-        seconds = timed(lambda k=stride: sync_scores(model, crops, audio, batch_size=64, window_stride=k))
-        rows.append(row(f"syncnet (224 px, 5-frame windows + MFCC), window stride {stride}", min(64, n_frames),
+        seconds = timed(lambda k=stride: sync_scores(model, crops, audio, batch_size=16, window_stride=k))
+        rows.append(row(f"syncnet (224 px, 5-frame windows + MFCC), window stride {stride}", min(16, n_frames),
                         n_frames, seconds, "frames = frames scored, including MFCC and scoring"))
     return rows
 
@@ -100,8 +100,8 @@ def bench_cpu_runtimes(n_frames: int) -> list[dict]:
             seconds = timed(lambda m=motion: extract(m, crops, batch_size=4))
             rows.append(row(f"liveportrait motion extractor, 1 thread, {runtime}", 4, n_frames, seconds))
             sync_scores(sync, face_crops[:WINDOW_FRAMES + 1], audio[:(WINDOW_FRAMES + 1) * SAMPLES_PER_FRAME])
-            seconds = timed(lambda m=sync: sync_scores(m, face_crops, audio, batch_size=64))
-            rows.append(row(f"syncnet, window stride 1, 1 thread, {runtime}", min(64, n_frames), n_frames, seconds))
+            seconds = timed(lambda m=sync: sync_scores(m, face_crops, audio, batch_size=16))
+            rows.append(row(f"syncnet, window stride 1, 1 thread, {runtime}", min(16, n_frames), n_frames, seconds))
         return rows
     finally:
         torch.set_num_threads(threads)

@@ -244,7 +244,7 @@ def mfcc_columns(audio: np.ndarray) -> np.ndarray:
 
 
 def sync_scores(model: SyncNet | SyncNetOnnxCpu, crops: np.ndarray, audio: np.ndarray, vshift: int = 15,
-                batch_size: int = 64, window_stride: int = 1) -> SyncResult:
+                batch_size: int = 16, window_stride: int = 1) -> SyncResult:
     """Score lip sync of 25 fps RGB face crops (T, 224, 224, 3) uint8 against 16 kHz mono audio;
     the lip tower sees every ``window_stride``-th window (1: every window, as syncnet_python)."""
     if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3):

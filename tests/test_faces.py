@@ -223,6 +223,35 @@ def test_crops_of_a_real_clip_whole_and_chunked(d20, d20_track):
         crop_syncnet(d20[:5], d20_track)
 
 
+def test_face_stage_decodes_once_or_twice_with_the_same_crops(media):
+    """A clip that fits ``decode.reuse_frames_mb`` is decoded once; one that does not is streamed
+    twice (memory bound): the same scores and crops either way."""
+    from pipeline.clip import Clip
+    from pipeline.config import load_config, to_dict
+    from pipeline.inputs import video_id
+    from pipeline.stages.faces import FaceStage
+    from pipeline.stages.probe import ProbeStage
+
+    cfg = to_dict(load_config("pipeline", ["decode.max_side=256", "decode.chunk_frames=16",
+                                           "filters.faces.min_face_px=32"]))
+    source = str(media / "lp_d20.mp4")
+    (video,) = ProbeStage(cfg)([Clip(source=source, video_id=video_id(source), chunk=0)])
+    results = {}
+    for budget in (512, 0):
+        cfg["decode"]["reuse_frames_mb"] = budget
+        stage = FaceStage(cfg)
+        clip = video.span_clip(1.0, 3.0)
+        assert (stage.decoded_once(clip) is not None) == (budget > 0)
+        (clip,) = stage([clip])
+        assert clip.kept, clip.rejection
+        results[budget] = clip
+    once, twice = results[512], results[0]
+    assert once.lp_crops.shape == (50, 256, 256, 3) and once.sync_crops.shape == (50, 224, 224, 3)
+    np.testing.assert_array_equal(once.lp_crops, twice.lp_crops)
+    np.testing.assert_array_equal(once.sync_crops, twice.sync_crops)
+    assert once.scores == twice.scores and once.scores["face_count"] == 1.0
+
+
 # ---------------------------------------------------------------------------------------------
 # SCRFD (InsightFace det_10g) decoding
 

@@ -1,9 +1,11 @@
 """Face stage: track the dominant face through the clip, check count and size, and crop it.
 
-Frames are streamed twice in bounded chunks at a working size (longer side at most
-``decode.max_side``): once to track, and once, only for clips that pass, to cut the two crops the
-models need, the LivePortrait crop (256x256) and the SyncNet whole-face crop (224x224). Only the
-crops are kept, so memory is bounded by the clip length, never by the video's resolution.
+Frames are decoded in bounded chunks at a working size (longer side at most ``decode.max_side``)
+to track, and then, only for clips that pass, cut into the two crops the models need, the
+LivePortrait crop (256x256) and the SyncNet whole-face crop (224x224). A clip whose decoded frames
+fit in ``decode.reuse_frames_mb`` is decoded once and its frames kept for the crops; a longer one
+is streamed twice, so memory stays bounded by that setting and the clip length, never by the
+video's resolution. Only the crops leave the stage.
 """
 from __future__ import annotations
 
@@ -55,8 +57,17 @@ class FaceStage(Filter):
         except DecodeError as exc:
             clip.reject(self.name, exc.reason, exc.message or str(exc))
 
+    def decoded_once(self, clip: Clip) -> list[np.ndarray] | None:
+        """The clip's frames in chunks, when they fit in ``decode.reuse_frames_mb`` (else None)."""
+        info = clip.info
+        width, height = working_size(info.width, info.height, info.rotation, int(self.decode["max_side"]))
+        if clip.n_frames * width * height * 3 > float(self.decode["reuse_frames_mb"]) * 2**20:
+            return None
+        return list(self.frames(clip))
+
     def track_and_crop(self, clip: Clip) -> None:
-        track = self.tracker.track(self.frames(clip))
+        chunks = self.decoded_once(clip)
+        track = self.tracker.track(chunks if chunks is not None else self.frames(clip))
         clip.scores["face_count"] = float(track.n_faces_max)
         if track.face_size is not None and np.isfinite(track.face_size):
             clip.scores["face_size"] = float(track.face_size)
@@ -72,7 +83,7 @@ class FaceStage(Filter):
         lp = np.empty((n, LIVEPORTRAIT_SIZE, LIVEPORTRAIT_SIZE, 3), np.uint8)
         sync = np.empty((n, SYNCNET_SIZE, SYNCNET_SIZE, 3), np.uint8)
         start = 0
-        for chunk in self.frames(clip):
+        for chunk in chunks if chunks is not None else self.frames(clip):
             stop = start + len(chunk)
             if stop > n:
                 raise ValueError(f"decoded more than the clip's {n} frames")
