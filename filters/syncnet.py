@@ -184,8 +184,8 @@ class AudioTower(nn.Module):
 
 
 class SyncNetOnnxCpu:
-    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.5x the windows/s
-    of eager on one thread (the lip tower exported as :class:`LipTower2d`)."""
+    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.4x the frames/s
+    of eager on one thread (bench/models.py; the lip tower exported as :class:`LipTower2d`)."""
 
     device = torch.device("cpu")
     dtype = torch.float32

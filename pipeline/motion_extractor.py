@@ -166,7 +166,7 @@ def load_motion_extractor(weights: str | Path, device: str | torch.device = "cpu
 
 
 def on_onnx_cpu(model: MotionExtractor, threads: int = 1, cache_dir: str | Path | None = None) -> OnnxCpu:
-    """The extractor on ONNX Runtime (CPU): same outputs within 1e-5, 1.4x the frames/s of eager (bench/models.py)."""
+    """The extractor on ONNX Runtime (CPU): same outputs within 1e-5, 1.3-1.4x the frames/s of eager (bench/models.py)."""
     return OnnxCpu(model, torch.zeros(2, 3, CROP_SIZE, CROP_SIZE), "liveportrait_motion_extractor",
                    output_names=OUTPUTS, threads=threads, cache_dir=cache_dir)
 
