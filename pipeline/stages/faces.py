@@ -44,11 +44,13 @@ class FaceStage(Filter):
                                    weights_dir=cfg["weights"].get("dir"), **opts)
         self.decode = cfg["decode"]
 
-    def frames(self, clip: Clip):
+    def size(self, clip: Clip) -> tuple[int, int]:
         info = clip.info
-        size = working_size(info.width, info.height, info.rotation, int(self.decode["max_side"]))
+        return working_size(info.width, info.height, info.rotation, int(self.decode["max_side"]))
+
+    def frames(self, clip: Clip):
         return iter_video_chunks(clip.source, clip.start_s, clip.end_s, fps=FPS,
-                                 chunk_frames=int(self.decode["chunk_frames"]), size=size,
+                                 chunk_frames=int(self.decode["chunk_frames"]), size=self.size(clip),
                                  timeout_s=float(self.decode["timeout_s"]))
 
     def process(self, clip: Clip) -> None:
@@ -59,8 +61,7 @@ class FaceStage(Filter):
 
     def decoded_once(self, clip: Clip) -> list[np.ndarray] | None:
         """The clip's frames in chunks, when they fit in ``decode.reuse_frames_mb`` (else None)."""
-        info = clip.info
-        width, height = working_size(info.width, info.height, info.rotation, int(self.decode["max_side"]))
+        width, height = self.size(clip)
         if clip.n_frames * width * height * 3 > float(self.decode["reuse_frames_mb"]) * 2**20:
             return None
         return list(self.frames(clip))
