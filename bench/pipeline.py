@@ -339,8 +339,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 3x-input and memory-versus-length runs")
     args = parser.parse_args()
     cfg = to_dict(load_config("pipeline", list(SETTINGS) + ["models.audio_encoder.random_config=null"]))
-    # OpenCV on the model workers' thread count until the naive runs: its thread pool does not
-    # survive a fork, and the pure-compute runs fork.
+    # OpenCV on the model workers' thread count in this process: its thread pool does not survive
+    # a fork, and the pure-compute runs fork (the naive command sets its own).
     cv2.setNumThreads(int(cfg["ray"]["torch_threads"]))
     cfg["weights"]["random"] = True
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
