@@ -2,7 +2,7 @@
 SyncNet, both on one thread in PyTorch eager and ONNX Runtime (CPU), and the offline (Haar) face
 backend, with random weights of the official architectures.
 
-    python bench/models.py [--frames 16] [--threads 2] [--device cpu]
+    python bench/models.py [--frames 16] [--threads 2] [--device cpu] [--out FILE]
 
 Writes bench/results/models.json and prints a markdown table.
 """
@@ -56,9 +56,14 @@ def bench_motion_extractor(n_frames: int, device: str) -> list[dict]:
     crops = np.random.default_rng(0).integers(0, 256, (n_frames, 256, 256, 3), dtype=np.uint8)
     extract(model, crops[:1], batch_size=1)  # warm-up
     rows = []
-    for batch in (1, 8, 16):
+    on_gpu = device.startswith("cuda")
+    for batch in (1, 32, 64) if on_gpu else (1, 8, 16):
         seconds = timed(lambda b=batch: extract(model, crops, batch_size=b))
-        rows.append(row("liveportrait motion extractor (256 px)", batch, n_frames, seconds))
+        rows.append(row("liveportrait motion extractor (256 px)", batch, n_frames, seconds,
+                        "fp16 autocast" if on_gpu else ""))
+    if on_gpu:
+        seconds = timed(lambda: extract(model, crops, batch_size=1, amp_dtype=None))
+        rows.append(row("liveportrait motion extractor (256 px)", 1, n_frames, seconds, "fp32"))
     return rows
 
 

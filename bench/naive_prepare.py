@@ -2,11 +2,12 @@
 of bench/pipeline.py, run as a command of its own so that its wall time, like the pipeline's,
 counts everything a user waits for (Python's start, imports, model loading, the work).
 
-    python bench/naive_prepare.py --spans SPANS.json --out RESULT.json [--same-models]
+    python bench/naive_prepare.py --spans SPANS.json --out RESULT.json [--same-models] [--device cuda]
 
 For each video: decode it whole into memory, track and crop the face, run the motion extractor
 (PyTorch eager, default threads: every core it may use) frame by frame at batch 1, then the audio
-encoder. ``--same-models`` adds the pipeline's filter models (quality on the crops, SyncNet), run
+encoder; on a GPU (``--device cuda``) the extractor runs under fp16 autocast, as LivePortrait
+does by default. ``--same-models`` adds the pipeline's filter models (quality on the crops, SyncNet), run
 the same plain way, for a comparison at equal work. Random weights of the official architectures.
 SPANS.json: ``[[source, start_s, end_s], ...]``, the clips the pipeline kept.
 """
@@ -39,16 +40,16 @@ from pipeline.stages.faces import working_size  # noqa: E402
 IMPORTED = time.perf_counter()
 
 
-def naive(spans: list[tuple[str, float, float]], max_side: int, same_models: bool) -> dict:
+def naive(spans: list[tuple[str, float, float]], max_side: int, same_models: bool, device: str = "cpu") -> dict:
     cores = len(psutil.Process().cpu_affinity())
     torch.set_num_threads(cores)
     cv2.setNumThreads(cores)
     loading = time.perf_counter()
-    extractor = load_motion_extractor("random")
-    encoder = AudioEncoder("random", device="cpu")
+    extractor = load_motion_extractor("random", device=device)
+    encoder = AudioEncoder("random", device=device)
     tracker = FaceTracker("haar", min_face=0)
-    syncnet = load_syncnet("random") if same_models else None
-    quality = QualityScorer("piqe", n_frames=8) if same_models else None
+    syncnet = load_syncnet("random", device=device) if same_models else None
+    quality = QualityScorer("piqe", n_frames=8, device=device) if same_models else None
     load_s = time.perf_counter() - loading
     start = time.perf_counter()
     frames_done, video_s = 0, 0.0
@@ -74,7 +75,7 @@ def naive(spans: list[tuple[str, float, float]], max_side: int, same_models: boo
     wall = time.perf_counter() - start
     return {"frames": frames_done, "video_s": round(video_s, 2), "import_s": round(IMPORTED - START, 2),
             "load_s": round(load_s, 2), "wall_s": round(wall, 2), "threads": torch.get_num_threads(),
-            "video_s_per_wall_s": round(video_s / wall, 4)}
+            "device": device, "video_s_per_wall_s": round(video_s / wall, 4)}
 
 
 def main() -> None:
@@ -83,9 +84,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-side", type=int, default=720, help="the pipeline's decode.max_side")
     parser.add_argument("--same-models", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     spans = [tuple(s) for s in json.loads(args.spans.read_text())]
-    args.out.write_text(json.dumps(naive(spans, args.max_side, args.same_models), indent=2) + "\n")
+    args.out.write_text(json.dumps(naive(spans, args.max_side, args.same_models, args.device), indent=2) + "\n")
 
 
 if __name__ == "__main__":

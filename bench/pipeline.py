@@ -1,6 +1,6 @@
 """Speed and memory of the shard-building job against the naive way, on the same clips and weights.
 
-    python bench/pipeline.py [--quick]
+    python bench/pipeline.py [--quick] [--gpu] [--out FILE]
 
 Measures, on the real sample clips (synthesised ones when the media folder is absent):
 
@@ -25,6 +25,11 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
 * peak memory of the pipeline and of the naive way on one video and on the same video three times
   as long (skipped with ``--quick``).
 
+With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
+model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
+extractor at batch 1 under fp16 autocast, as LivePortrait runs it), on the inputs and on them
+looped 3 times; written to bench/results/pipeline_gpu.json.
+
 Random weights of the official architectures throughout (speed does not depend on the values).
 Writes bench/results/pipeline.json and prints a markdown table.
 """
@@ -42,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +64,7 @@ from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "pipeline.json"
+RESULTS_GPU = ROOT / "bench" / "results" / "pipeline_gpu.json"
 MODEL_STAGES = ("quality", "sync", "motion", "audio_features")
 # One clip per video (no shot split), 3 to 3.5 s long, models in score-only mode so every clip
 # runs every stage; an offline quality metric; the base-size audio encoder.
@@ -108,9 +115,29 @@ def inputs(folder: Path) -> list[Path]:
 
 
 def loop_video(src: Path, dst: Path, times: int) -> Path:
-    """``src`` played ``times`` times in a row (re-encoded), for the memory-versus-length runs."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(times - 1), "-i", str(src),
-                    "-c:v", "libx264", "-preset", "veryfast", "-c:a", "aac", str(dst)], check=True)
+    """``src`` played ``times`` times in a row (re-encoded with PyAV: H.264 and AAC), for the runs
+    on longer input; the frames and samples are renumbered so the copies follow each other."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        video_in, audio_in = source.streams.video[0], source.streams.audio[0]
+        video = out.add_stream("libx264", rate=video_in.average_rate, options={"preset": "veryfast"})
+        video.width, video.height, video.pix_fmt = video_in.width, video_in.height, "yuv420p"
+        audio = out.add_stream("aac", rate=audio_in.rate, layout=audio_in.layout.name)
+        n_frames = n_samples = 0
+        for _ in range(times):
+            source.seek(0)
+            for frame in source.decode(video_in, audio_in):
+                if isinstance(frame, av.VideoFrame):
+                    frame.pts, frame.time_base = n_frames, 1 / Fraction(video_in.average_rate)
+                    n_frames += 1
+                    out.mux(video.encode(frame.reformat(format="yuv420p")))
+                else:
+                    frame.pts, frame.time_base = n_samples, Fraction(1, audio_in.rate)
+                    n_samples += frame.samples
+                    out.mux(audio.encode(frame))
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
     return dst
 
 
@@ -119,6 +146,14 @@ def sizing(cpus: int) -> tuple[str, ...]:
     a fifth of the work), one single-threaded model worker per core sharing the rest."""
     return ("ray.cpu_workers=1", "ray.cpu_worker_cpus=0.5", f"ray.model_workers={cpus}",
             f"ray.model_worker_cpus={(cpus - 0.5) / cpus}")
+
+
+def report(name: str, run: dict) -> dict:
+    """Print one finished run's numbers as they come (a long bench shows its progress), return it."""
+    keys = ("wall_s", "command_wall_s", "processing_s", "video_s", "video_s_per_wall_s",
+            "video_s_per_command_wall_s", "model_workers", "peak_mb")
+    print(name, {k: run[k] for k in keys if k in run}, flush=True)
+    return run
 
 
 def command(argv: list[str], log: Path) -> None:
@@ -130,20 +165,22 @@ def command(argv: list[str], log: Path) -> None:
                          + log.read_text(errors="replace")[-3000:])
 
 
-def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int, extra: tuple[str, ...] = ()) -> dict:
-    """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores)."""
+def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, extra: tuple[str, ...] = ()) -> dict:
+    """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores),
+    or, with ``cpus=None``, of the whole machine with the job's own sizing (GPU machines)."""
     listing = work / f"{name}.txt"
     listing.write_text("\n".join(str(v) for v in videos) + "\n")
     out = work / name
     me = psutil.Process()
     affinity = me.cpu_affinity()
-    me.cpu_affinity(affinity[:cpus])  # the command and Ray's processes inherit it
+    if cpus is not None:
+        me.cpu_affinity(affinity[:cpus])  # the command and Ray's processes inherit it
+        extra = (f"ray.num_cpus={cpus}", *sizing(cpus), *extra)
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
             command([sys.executable, str(ROOT / "pipeline" / "build_shards.py"), "--input", str(listing),
-                     "--output", str(out), "--random-weights", *SETTINGS, f"ray.num_cpus={cpus}", *sizing(cpus),
-                     *extra], work / f"{name}.log")
+                     "--output", str(out), "--random-weights", *SETTINGS, *extra], work / f"{name}.log")
             wall = time.perf_counter() - start
     finally:
         me.cpu_affinity(affinity)
@@ -153,8 +190,11 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int, extra: tu
     timings = run["timings"]
     video_s = sum(c["end_s"] - c["start_s"] for c in kept)
     model_s = sum(timings["stage_seconds"].get(s, 0.0) for s in MODEL_STAGES)
-    return {
-        "name": name, "ray_cpus": cpus, "model_workers": cpus, "clips": len(kept), "frames": sum(c["n_frames"] for c in kept),
+    pools = run["cluster"]["pools"]
+    return report(name, {
+        "name": name, "ray_cpus": int(run["cluster"]["resources"]["CPU"]),
+        "gpus": int(run["cluster"]["resources"].get("GPU", 0)), "model_workers": pools["model_workers"],
+        "model_worker_gpus": pools["model_worker_gpus"], "clips": len(kept), "frames": sum(c["n_frames"] for c in kept),
         "video_s": round(video_s, 2), "wall_s": round(wall, 2),
         "startup_s": round(timings["startup_s"], 2), "processing_s": round(timings["processing_s"], 2),
         "video_s_per_wall_s": round(video_s / wall, 4),
@@ -163,7 +203,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int, extra: tu
         "stage_fps": timings["stage_fps"], "stage_seconds": timings["stage_seconds"],
         "peak_mb": round(memory.peak / 2**20, 1),
         "spans": [(c["source"], c["start_s"], c["end_s"]) for c in kept],
-    }
+    })
 
 
 def prepared(spans: list[tuple[str, float, float]], cfg: dict) -> list:
@@ -239,20 +279,20 @@ def pure_model_compute_parallel(clips: list, cfg: dict, workers: int,
 
 
 def run_naive(spans: list[tuple[str, float, float]], work: Path, name: str, cfg: dict,
-              same_models: bool = False) -> dict:
+              same_models: bool = False, device: str = "cpu") -> dict:
     """One run of ``bench/naive_prepare.py`` on the pipeline's kept spans, timed as a command."""
     listing, out = work / f"{name}_spans.json", work / f"{name}.json"
     listing.write_text(json.dumps(spans))
     with PeakMemory() as memory:
         start = time.perf_counter()
         command([sys.executable, str(ROOT / "bench" / "naive_prepare.py"), "--spans", str(listing), "--out", str(out),
-                 "--max-side", str(cfg["decode"]["max_side"]), *(["--same-models"] if same_models else [])],
-                work / f"{name}.log")
+                 "--max-side", str(cfg["decode"]["max_side"]), "--device", device,
+                 *(["--same-models"] if same_models else [])], work / f"{name}.log")
         wall = time.perf_counter() - start
     result = json.loads(out.read_text())
     result.update(command_wall_s=round(wall, 2), video_s_per_command_wall_s=round(result["video_s"] / wall, 4),
                   peak_mb=round(memory.peak / 2**20, 1))
-    return result
+    return report(name, result)
 
 
 def ratios(result: dict) -> dict[str, float]:
@@ -298,13 +338,45 @@ def ratios(result: dict) -> dict[str, float]:
     return out
 
 
+def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
+    """On a GPU machine: the job with its own sizing (every core; one model actor per GPU, and
+    four sharing it at 0.25 GPU each) against the naive way on the GPU (the extractor at batch 1
+    under fp16 autocast), on the inputs and, unless ``quick``, on them looped 3 times."""
+    runs = [run_pipeline(videos, work, "gpu", None),
+            run_pipeline(videos, work, "gpu_quarter_shares", None, ("ray.model_worker_gpus=0.25",))]
+    spans = runs[0]["spans"]
+    result = {"pipeline": runs, "naive": run_naive(spans, work, "naive_gpu", cfg, device="cuda"),
+              "naive_same_models": run_naive(spans, work, "naive_gpu_same_models", cfg, True, device="cuda")}
+    if not quick:
+        looped = [loop_video(v, work / "inputs" / f"{v.stem}_x3.mp4", 3) for v in videos]
+        longer = run_pipeline(looped, work, "gpu_3x_input", None)
+        result["longer_input"] = {
+            "pipeline": longer,
+            "pipeline_quarter_shares": run_pipeline(looped, work, "gpu_quarter_shares_3x_input", None,
+                                                    ("ray.model_worker_gpus=0.25",)),
+            "naive": run_naive(longer["spans"], work, "naive_gpu_3x_input", cfg, device="cuda")}
+    baseline, equal_work = result["naive"], result["naive_same_models"]
+    result["ratios"] = {f"throughput_over_naive_{r['name']}":
+                        round(r["video_s_per_wall_s"] / baseline["video_s_per_command_wall_s"], 3) for r in runs}
+    result["ratios"].update({f"throughput_over_naive_same_models_{r['name']}":
+                             round(r["video_s_per_wall_s"] / equal_work["video_s_per_command_wall_s"], 3) for r in runs})
+    if not quick:
+        longer_naive = result["longer_input"]["naive"]
+        for key in ("pipeline", "pipeline_quarter_shares"):
+            longer = result["longer_input"][key]
+            result["ratios"][f"throughput_over_naive_{longer['name']}"] = \
+                round(longer["video_s_per_wall_s"] / longer_naive["video_s_per_command_wall_s"], 3)
+    return result
+
+
 def markdown(result: dict) -> str:
     runs = result["pipeline"]
     lines = ["| run | video s | wall s | processing s | video s / wall s | video s / processing s | "
              "model share | motion fps | peak memory MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
-        lines.append(f"| pipeline, {r['ray_cpus']} Ray CPU{'s' if r['ray_cpus'] > 1 else ''} ({r['name']}) | "
+        where = f"{r['model_workers']} model actors on {r['gpus']} GPU, " if r.get("gpus") else ""
+        lines.append(f"| pipeline, {where}{r['ray_cpus']} Ray CPU{'s' if r['ray_cpus'] > 1 else ''} ({r['name']}) | "
                      f"{r['video_s']} | {r['wall_s']} | {r['processing_s']} | {r['video_s_per_wall_s']} | "
                      f"{r['video_s_per_processing_s']} | {r['model_share_of_processing']} | "
                      f"{r['stage_fps'].get('motion', '')} | {r['peak_mb']} |")
@@ -313,31 +385,81 @@ def markdown(result: dict) -> str:
         n = result[key]
         lines.append(f"| {label} | {n['video_s']} | {n['command_wall_s']} | {n['wall_s']} | "
                      f"{n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
-    p = result["pure_model_compute"]
+    p = result.get("pure_model_compute")
+    if p is None:  # the GPU bench
+        return "\n".join(lines + longer_rows(result))
     lines.append(f"| pure model compute, same frames, one process ({p['threads']} thread) | | {p['seconds']} | | | | "
                  f"1.0 | {p['stage_fps'].get('motion', '')} | |")
     q = p["parallel"]
     lines.append(f"| pure model compute, same frames, {q['workers']} processes | | {q['wall_s']} | | | | 1.0 | | |")
     q = p["parallel_with_face_detector"]
     lines.append(f"| the same with the face detector, {q['workers']} processes | | {q['wall_s']} | | | | 1.0 | | |")
-    if "longer_input" in result:
-        r, n = result["longer_input"]["pipeline"], result["longer_input"]["naive"]
-        lines.append(f"| pipeline, 2 Ray CPUs, every input 3x as long ({r['name']}) | {r['video_s']} | {r['wall_s']} | "
-                     f"{r['processing_s']} | {r['video_s_per_wall_s']} | {r['video_s_per_processing_s']} | "
-                     f"{r['model_share_of_processing']} | {r['stage_fps'].get('motion', '')} | {r['peak_mb']} |")
-        lines.append(f"| naive, every input 3x as long | {n['video_s']} | {n['command_wall_s']} | "
-                     f"{n['wall_s']} | {n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | "
-                     f"{n['peak_mb']} |")
+    lines += longer_rows(result)
     for row in result.get("memory_vs_length", []):
         lines.append(f"| memory: {row['run']}, one {row['input_s']} s video | {row['video_s']} | | | | | | | "
                      f"{row['peak_mb']} |")
     return "\n".join(lines)
 
 
+def longer_rows(result: dict) -> list[str]:
+    if "longer_input" not in result:
+        return []
+    runs = [r for key, r in result["longer_input"].items() if key.startswith("pipeline")]
+    n = result["longer_input"]["naive"]
+    return [f"| pipeline, {r['ray_cpus']} Ray CPUs, every input 3x as long ({r['name']}) | {r['video_s']} | "
+            f"{r['wall_s']} | {r['processing_s']} | {r['video_s_per_wall_s']} | {r['video_s_per_processing_s']} | "
+            f"{r['model_share_of_processing']} | {r['stage_fps'].get('motion', '')} | {r['peak_mb']} |"
+            for r in runs] + [
+            f"| naive, every input 3x as long | {n['video_s']} | {n['command_wall_s']} | "
+            f"{n['wall_s']} | {n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |"]
+
+
+def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
+    """The CPU runs of the module docstring."""
+    runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1),
+            run_pipeline(videos, work, "two_cpus_sync_stride2", 2, ("filters.sync.window_stride=2",))]
+    two = runs[0]
+    spans = two["spans"]
+    clips = prepared(spans, cfg)
+    pure_parallel = pure_model_compute_parallel(clips, cfg, two["model_workers"])
+    frames = tracking_frames(clips, cfg)
+    with_faces = pure_model_compute_parallel(copy.deepcopy(clips), cfg, two["model_workers"], frames)
+    pure = pure_model_compute(copy.deepcopy(clips), cfg)
+    pure["parallel"] = pure_parallel
+    pure["parallel_with_face_detector"] = with_faces
+    del frames
+    result = {"pipeline": runs, "pure_model_compute": pure, "naive": run_naive(spans, work, "naive", cfg),
+              "naive_same_models": run_naive(spans, work, "naive_same_models", cfg, same_models=True)}
+    if not quick:
+        looped = [loop_video(v, work / "inputs" / f"{v.stem}_x3.mp4", 3) for v in videos]
+        # Throughput with the fixed start-up (Ray, workers, models) spread over 3x the video.
+        longer = run_pipeline(looped, work, "two_cpus_3x_input", 2)
+        longer_naive = run_naive(longer["spans"], work, "naive_3x_input", cfg)
+        result["longer_input"] = {"pipeline": longer, "naive": longer_naive}
+        long_video = looped[0]
+        short_run = run_pipeline(videos[:1], work, "memory_short", 2)
+        long_run = run_pipeline([long_video], work, "memory_long", 2)
+        naive_short = run_naive(short_run["spans"], work, "naive_memory_short", cfg)
+        naive_long = run_naive(long_run["spans"], work, "naive_memory_long", cfg)
+        lengths = {"short": probe(str(videos[0])).duration_s, "long": probe(str(long_video)).duration_s}
+        result["memory_vs_length"] = [
+            {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"], "peak_mb": r["peak_mb"]}
+            for run, length, r in (("pipeline", "short", short_run), ("pipeline", "long", long_run),
+                                   ("naive", "short", naive_short), ("naive", "long", naive_long))]
+    result["ratios"] = ratios(result)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the 3x-input and memory-versus-length runs")
+    parser.add_argument("--gpu", action="store_true",
+                        help="on a GPU machine: the job with its own sizing against the naive way on the GPU")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"result file (default {RESULTS.relative_to(ROOT)}, with --gpu {RESULTS_GPU.relative_to(ROOT)})")
     args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: PyTorch sees no CUDA device here")
     cfg = to_dict(load_config("pipeline", list(SETTINGS) + ["models.audio_encoder.random_config=null"]))
     # OpenCV on the model workers' thread count in this process: its thread pool does not survive
     # a fork, and the pure-compute runs fork (the naive command sets its own).
@@ -346,50 +468,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         videos = inputs(work / "inputs")
-        runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1),
-                run_pipeline(videos, work, "two_cpus_sync_stride2", 2, ("filters.sync.window_stride=2",))]
-        two = runs[0]
-        spans = two["spans"]
-        clips = prepared(spans, cfg)
-        pure_parallel = pure_model_compute_parallel(clips, cfg, two["model_workers"])
-        frames = tracking_frames(clips, cfg)
-        with_faces = pure_model_compute_parallel(copy.deepcopy(clips), cfg, two["model_workers"], frames)
-        pure = pure_model_compute(copy.deepcopy(clips), cfg)
-        pure["parallel"] = pure_parallel
-        pure["parallel_with_face_detector"] = with_faces
-        del frames
-        baseline = run_naive(spans, work, "naive", cfg)
-        equal_work = run_naive(spans, work, "naive_same_models", cfg, same_models=True)
-
         result = {
             "bench": "pipeline", "machine": platform.platform(), "cpu_count": os.cpu_count(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if args.gpu else "cpu", "torch": torch.__version__,
             "weights": "random (official architectures)", "inputs": [str(v) for v in videos],
-            "settings": list(SETTINGS), "pipeline": runs, "pure_model_compute": pure, "naive": baseline,
-            "naive_same_models": equal_work,
-            "memory": "peak summed PSS (proportional set size) of the process tree, MB",
+            "settings": list(SETTINGS), "memory": "peak summed PSS (proportional set size) of the process tree, MB",
+            **(gpu_bench if args.gpu else cpu_bench)(videos, work, cfg, args.quick),
         }
-        if not args.quick:
-            looped = [loop_video(v, work / "inputs" / f"{v.stem}_x3.mp4", 3) for v in videos]
-            # Throughput with the fixed start-up (Ray, workers, models) spread over 3x the video.
-            longer = run_pipeline(looped, work, "two_cpus_3x_input", 2)
-            longer_naive = run_naive(longer["spans"], work, "naive_3x_input", cfg)
-            result["longer_input"] = {"pipeline": longer, "naive": longer_naive}
-            long_video = looped[0]
-            short_run = run_pipeline(videos[:1], work, "memory_short", 2)
-            long_run = run_pipeline([long_video], work, "memory_long", 2)
-            naive_short = run_naive(short_run["spans"], work, "naive_memory_short", cfg)
-            naive_long = run_naive(long_run["spans"], work, "naive_memory_long", cfg)
-            lengths = {"short": probe(str(videos[0])).duration_s, "long": probe(str(long_video)).duration_s}
-            result["memory_vs_length"] = [
-                {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"],
-                 "peak_mb": r["peak_mb"]}
-                for run, length, r in (("pipeline", "short", short_run), ("pipeline", "long", long_run),
-                                       ("naive", "short", naive_short), ("naive", "long", naive_long))]
-        result["ratios"] = ratios(result)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        out = args.out or (RESULTS_GPU if args.gpu else RESULTS)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
         print(markdown(result))
+        print(json.dumps(result["ratios"], indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -268,9 +268,13 @@ def sync_scores(model: SyncNet | SyncNetOnnxCpu, crops: np.ndarray, audio: np.nd
             cols = torch.stack([mfcc[:, MFCC_PER_FRAME * v:MFCC_PER_FRAME * v + MFCC_WINDOW]
                                 for v in range(start, stop)])[:, None]  # (n, 1, 13, 20)
             audio_emb.append(model.forward_audio(cols.to(device)).cpu())
+        # The clip goes to the model's device once and windows are gathered there: each frame is
+        # in 5 windows, so stacking them on the host would copy and transfer every frame 5 times.
+        clip = torch.from_numpy(crops).to(device)
+        offsets = torch.arange(WINDOW_FRAMES, device=device)
         for first in range(0, len(windows), batch_size):
-            chosen = windows[first:first + batch_size]
-            frames = np.stack([crops[v:v + WINDOW_FRAMES, :, :, ::-1] for v in chosen])  # (m, 5, H, W, 3) BGR
-            batch = torch.from_numpy(frames).to(device).float().permute(0, 4, 1, 2, 3)  # (m, 3, 5, H, W)
+            chosen = torch.from_numpy(windows[first:first + batch_size]).to(device)
+            frames = clip[chosen[:, None] + offsets].flip(-1)  # (m, 5, H, W, 3), RGB -> BGR
+            batch = frames.permute(0, 4, 1, 2, 3).float()  # (m, 3, 5, H, W)
             video_emb.append(model.forward_video(batch.contiguous()).cpu())
     return score_embeddings(torch.cat(video_emb), torch.cat(audio_emb), vshift, windows)

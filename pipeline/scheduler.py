@@ -9,8 +9,8 @@ Work flows video -> candidate clips -> prepared clip (face crops, audio) -> mode
 Each call returns a small summary and, separately, an object reference to the clip's arrays; the
 driver only ever reads summaries, and hands references on (prepared crops go from the CPU actor
 to the model actor through the object store, never through the driver). Backpressure keeps at
-most ``ray.max_prepared_clips`` prepared clips waiting, so memory stays bounded whatever the
-input's length. A chunk whose videos and clips are all final is handed to ``on_chunk`` on a
+most ``ray.max_prepared_clips`` clips being prepared or waiting, so memory stays bounded whatever
+the input's length. A chunk whose videos and clips are all final is handed to ``on_chunk`` on a
 writer thread, so the actors keep working while its shards are written.
 
 Each actor runs one call at a time, so when a worker process dies or hangs the call responsible
@@ -38,6 +38,15 @@ from pipeline.stages.base import error_text
 log = logging.getLogger(__name__)
 
 WAIT_S = 1.0
+
+
+def max_prepared_clips(setting: int | str, cpu_actors: int, model_actors: int) -> int:
+    """``ray.max_prepared_clips``; ``auto``: every CPU actor preparing one clip and one clip
+    waiting per model actor. A fixed count below the CPU actors leaves some of them idle whenever
+    the models outrun them (a GPU does): with 15 CPU actors and a limit of 2, only 2 crop faces."""
+    if str(setting) == "auto":
+        return cpu_actors + model_actors
+    return max(1, int(setting))
 
 
 class ActorPool:
@@ -114,7 +123,7 @@ class Scheduler:
         self.cpu, self.model = cpu, model
         self.on_chunk = on_chunk
         self.progress = progress
-        self.max_prepared = max(1, int(ray_cfg["max_prepared_clips"]))
+        self.max_prepared = max_prepared_clips(ray_cfg["max_prepared_clips"], len(cpu.actors), len(model.actors))
         self.timeout_s = float(ray_cfg["task_timeout_s"])
         self.max_attempts = max(1, int(ray_cfg["max_attempts"]))
         self.plan_ahead = 4 * len(cpu.actors)

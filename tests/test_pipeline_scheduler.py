@@ -173,3 +173,47 @@ def test_a_model_worker_coming_up_with_nothing_to_do_does_not_spin_the_driver(ra
     assert len(finished) == 1 and finished[0].clips[0].kept
     assert model.waiting() == []
     assert driver_cpu_s < 1.0, f"the driver used {driver_cpu_s:.1f} s of CPU in a 4 s run"
+
+
+class TimedPrepareWorker(MisbehavingWorker):
+    """Records when each prepare call ran; preparing takes ``prepare_s``, the models almost nothing."""
+
+    def __init__(self, prepare_s: float = 0.0):
+        self.prepare_s = prepare_s
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        start = time.time()
+        time.sleep(self.prepare_s if group == "prepare" else 0.0)
+        clip.scores[f"{group}_start"], clip.scores[f"{group}_end"] = start, time.time()
+        return clip.summary(), clip
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", 3), ("2", 2)])
+def test_prepared_clips_bound_how_many_cpu_actors_crop_at_once(ray_session, setting, expected):  # noqa: F811
+    """``auto`` lets every CPU actor prepare a clip while fast models wait for them (a GPU's
+    case); a fixed count caps the clips being prepared, idling the other CPU actors."""
+    cfg = load_config("pipeline", [f"ray.max_prepared_clips={setting}"])
+    worker = ray.remote(TimedPrepareWorker).options(num_cpus=0.25, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote(prepare_s=0.5) for _ in range(3)])
+    model = ActorPool("model", [worker.remote()])
+    ray.get([a.__ray_ready__.remote() for a in cpu.actors + model.actors])
+    chunks = [Chunk(0, tuple(InputVideo(f"/videos/{i}.mp4") for i in range(3)))]
+    finished = []
+    try:
+        Scheduler(cfg, cpu, model, finished.append, Progress(3, enabled=False)).run(chunks)
+    finally:
+        for actor in cpu.actors + model.actors:
+            ray.kill(actor)
+    (state,) = finished
+    clips = [ray.get(ref) for ref in state.results.values()]
+    assert len(clips) == 6
+    assert most_at_once([(c.scores["prepare_start"], c.scores["prepare_end"]) for c in clips]) == expected
