@@ -81,19 +81,26 @@ class PeakMemory:
 
     def __init__(self, interval_s: float = 0.5):
         self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self.at_peak: dict[str, int] = {}  # process name -> PSS summed over processes of that name, at the peak
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            by_name: dict[str, int] = {}
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    total += proc.memory_full_info().pss
+                    name = "bench" if proc.pid == me.pid else proc.name()
+                    by_name[name] = by_name.get(name, 0) + proc.memory_full_info().pss
                 except psutil.Error:
                     pass
-            self.peak = max(self.peak, total)
+            if sum(by_name.values()) > self.peak:
+                self.peak, self.at_peak = sum(by_name.values()), by_name
             self._stop.wait(self.interval_s)
+
+    def breakdown_mb(self) -> dict[str, float]:
+        """PSS by process name at the peak (Ray names its workers ``ray::<class>``), largest first."""
+        return {k: round(v / 2**20, 1) for k, v in sorted(self.at_peak.items(), key=lambda kv: -kv[1])}
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -201,7 +208,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
         "video_s_per_processing_s": round(video_s / timings["processing_s"], 4),
         "model_share_of_processing": round(model_s / timings["processing_s"], 3),
         "stage_fps": timings["stage_fps"], "stage_seconds": timings["stage_seconds"],
-        "peak_mb": round(memory.peak / 2**20, 1),
+        "peak_mb": round(memory.peak / 2**20, 1), "peak_mb_by_process": memory.breakdown_mb(),
         "spans": [(c["source"], c["start_s"], c["end_s"]) for c in kept],
     })
 
