@@ -22,8 +22,8 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
 * the 2-CPU run again with SyncNet's lip tower on every 2nd window (``filters.sync.window_stride``);
 * the 2-CPU run and the naive way on every input looped 3 times (the fixed start-up of Ray, its
   workers and their models spread over 3x the video; skipped with ``--quick``);
-* peak memory of the pipeline and of the naive way on one video and on the same video three times
-  as long (skipped with ``--quick``).
+* peak memory of the pipeline and of the naive way on one video and on the same video ten times
+  as long, with the peak broken down by process (skipped with ``--quick``).
 
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
@@ -443,7 +443,7 @@ def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
         longer = run_pipeline(looped, work, "two_cpus_3x_input", 2)
         longer_naive = run_naive(longer["spans"], work, "naive_3x_input", cfg)
         result["longer_input"] = {"pipeline": longer, "naive": longer_naive}
-        long_video = looped[0]
+        long_video = loop_video(videos[0], work / "inputs" / f"{videos[0].stem}_x10.mp4", 10)
         short_run = run_pipeline(videos[:1], work, "memory_short", 2)
         long_run = run_pipeline([long_video], work, "memory_long", 2)
         naive_short = run_naive(short_run["spans"], work, "naive_memory_short", cfg)
