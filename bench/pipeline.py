@@ -28,7 +28,8 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
 extractor at batch 1 under fp16 autocast, as LivePortrait runs it), on the inputs and on them
-looped 3 times; written to bench/results/pipeline_gpu.json.
+looped 3 times (``--loops``); written to bench/results/pipeline_gpu.json. ``--gpu --longer-only
+--loops 10``: only the job and the naive way on every input looped 10 times (minutes of video).
 
 Random weights of the official architectures throughout (speed does not depend on the values).
 Writes bench/results/pipeline.json and prints a markdown table.
@@ -345,23 +346,35 @@ def ratios(result: dict) -> dict[str, float]:
     return out
 
 
-def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
+def gpu_longer_only(videos: list[Path], work: Path, cfg: dict, loops: int) -> dict:
+    """On a GPU machine, only the job with its own sizing against the naive way on the GPU, both
+    on every input looped ``loops`` times: how the ratio grows once the fixed start-up is spread
+    over minutes of video."""
+    looped = [loop_video(v, work / "inputs" / f"{v.stem}_x{loops}.mp4", loops) for v in videos]
+    longer = run_pipeline(looped, work, f"gpu_{loops}x_input", None)
+    naive = run_naive(longer["spans"], work, f"naive_gpu_{loops}x_input", cfg, device="cuda")
+    return {"loops": loops, "longer_input": {"pipeline": longer, "naive": naive},
+            "ratios": {f"throughput_over_naive_{longer['name']}":
+                       round(longer["video_s_per_wall_s"] / naive["video_s_per_command_wall_s"], 3)}}
+
+
+def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool, loops: int = 3) -> dict:
     """On a GPU machine: the job with its own sizing (every core; one model actor per GPU, and
     four sharing it at 0.25 GPU each) against the naive way on the GPU (the extractor at batch 1
-    under fp16 autocast), on the inputs and, unless ``quick``, on them looped 3 times."""
+    under fp16 autocast), on the inputs and, unless ``quick``, on them looped ``loops`` times."""
     runs = [run_pipeline(videos, work, "gpu", None),
             run_pipeline(videos, work, "gpu_quarter_shares", None, ("ray.model_worker_gpus=0.25",))]
     spans = runs[0]["spans"]
-    result = {"pipeline": runs, "naive": run_naive(spans, work, "naive_gpu", cfg, device="cuda"),
+    result = {"loops": loops, "pipeline": runs, "naive": run_naive(spans, work, "naive_gpu", cfg, device="cuda"),
               "naive_same_models": run_naive(spans, work, "naive_gpu_same_models", cfg, True, device="cuda")}
     if not quick:
-        looped = [loop_video(v, work / "inputs" / f"{v.stem}_x3.mp4", 3) for v in videos]
-        longer = run_pipeline(looped, work, "gpu_3x_input", None)
+        looped = [loop_video(v, work / "inputs" / f"{v.stem}_x{loops}.mp4", loops) for v in videos]
+        longer = run_pipeline(looped, work, f"gpu_{loops}x_input", None)
         result["longer_input"] = {
             "pipeline": longer,
-            "pipeline_quarter_shares": run_pipeline(looped, work, "gpu_quarter_shares_3x_input", None,
+            "pipeline_quarter_shares": run_pipeline(looped, work, f"gpu_quarter_shares_{loops}x_input", None,
                                                     ("ray.model_worker_gpus=0.25",)),
-            "naive": run_naive(longer["spans"], work, "naive_gpu_3x_input", cfg, device="cuda")}
+            "naive": run_naive(longer["spans"], work, f"naive_gpu_{loops}x_input", cfg, device="cuda")}
     baseline, equal_work = result["naive"], result["naive_same_models"]
     result["ratios"] = {f"throughput_over_naive_{r['name']}":
                         round(r["video_s_per_wall_s"] / baseline["video_s_per_command_wall_s"], 3) for r in runs}
@@ -377,7 +390,7 @@ def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
 
 
 def markdown(result: dict) -> str:
-    runs = result["pipeline"]
+    runs = result.get("pipeline", [])  # absent with --longer-only
     lines = ["| run | video s | wall s | processing s | video s / wall s | video s / processing s | "
              "model share | motion fps | peak memory MB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -389,6 +402,8 @@ def markdown(result: dict) -> str:
                      f"{r['stage_fps'].get('motion', '')} | {r['peak_mb']} |")
     for key, label in (("naive", "naive: whole video in memory, extractor at batch 1, audio features"),
                        ("naive_same_models", "naive with the pipeline's filter models too (equal work)")):
+        if key not in result:
+            continue
         n = result[key]
         lines.append(f"| {label} | {n['video_s']} | {n['command_wall_s']} | {n['wall_s']} | "
                      f"{n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |")
@@ -412,12 +427,12 @@ def longer_rows(result: dict) -> list[str]:
     if "longer_input" not in result:
         return []
     runs = [r for key, r in result["longer_input"].items() if key.startswith("pipeline")]
-    n = result["longer_input"]["naive"]
-    return [f"| pipeline, {r['ray_cpus']} Ray CPUs, every input 3x as long ({r['name']}) | {r['video_s']} | "
+    n, loops = result["longer_input"]["naive"], result.get("loops", 3)
+    return [f"| pipeline, {r['ray_cpus']} Ray CPUs, every input {loops}x as long ({r['name']}) | {r['video_s']} | "
             f"{r['wall_s']} | {r['processing_s']} | {r['video_s_per_wall_s']} | {r['video_s_per_processing_s']} | "
             f"{r['model_share_of_processing']} | {r['stage_fps'].get('motion', '')} | {r['peak_mb']} |"
             for r in runs] + [
-            f"| naive, every input 3x as long | {n['video_s']} | {n['command_wall_s']} | "
+            f"| naive, every input {loops}x as long | {n['video_s']} | {n['command_wall_s']} | "
             f"{n['wall_s']} | {n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |"]
 
 
@@ -464,6 +479,9 @@ def main() -> None:
                         help="on a GPU machine: the job with its own sizing against the naive way on the GPU")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"result file (default {RESULTS.relative_to(ROOT)}, with --gpu {RESULTS_GPU.relative_to(ROOT)})")
+    parser.add_argument("--loops", type=int, default=3, help="times every input is looped for the longer-input runs")
+    parser.add_argument("--longer-only", action="store_true",
+                        help="with --gpu: only the job and the naive way on the looped inputs")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: PyTorch sees no CUDA device here")
@@ -480,7 +498,9 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if args.gpu else "cpu", "torch": torch.__version__,
             "weights": "random (official architectures)", "inputs": [str(v) for v in videos],
             "settings": list(SETTINGS), "memory": "peak summed PSS (proportional set size) of the process tree, MB",
-            **(gpu_bench if args.gpu else cpu_bench)(videos, work, cfg, args.quick),
+            **(gpu_longer_only(videos, work, cfg, args.loops) if args.gpu and args.longer_only
+               else gpu_bench(videos, work, cfg, args.quick, args.loops) if args.gpu
+               else cpu_bench(videos, work, cfg, args.quick)),
         }
         out = args.out or (RESULTS_GPU if args.gpu else RESULTS)
         out.parent.mkdir(parents=True, exist_ok=True)
