@@ -23,7 +23,8 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
 * the 2-CPU run and the naive way on every input looped 3 times (the fixed start-up of Ray, its
   workers and their models spread over 3x the video; skipped with ``--quick``);
 * peak memory of the pipeline and of the naive way on one video and on the same video ten times
-  as long, with the peak broken down by process (skipped with ``--quick``).
+  as long, with the peak broken down by process; and the memory of one model worker process
+  after each of 8 rounds over two clips (skipped with ``--quick``).
 
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
@@ -80,7 +81,9 @@ class PeakMemory:
     shared pages (libraries, the object store) between the processes mapping them, so the sum is
     the memory the run really holds, where summed RSS would count torch once per process."""
 
-    def __init__(self, interval_s: float = 0.5):
+    # Every 2 s: reading a process's PSS walks its page tables under its memory-map lock, and at
+    # 0.5 s that slowed the model workers it watched by 5-7% (the peaks last many seconds).
+    def __init__(self, interval_s: float = 2.0):
         self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
         self.at_peak: dict[str, int] = {}  # process name -> PSS summed over processes of that name, at the peak
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -286,6 +289,33 @@ def pure_model_compute_parallel(clips: list, cfg: dict, workers: int,
     return {"workers": workers, "wall_s": round(time.perf_counter() - start, 2), "seconds_per_worker": seconds}
 
 
+def model_worker_memory(clips: list, cfg: dict, rounds: int) -> list[float]:
+    """PSS (MB) of a fresh worker process after building the model stages and after each of
+    ``rounds`` passes over ``clips``: flat once warm means nothing accumulates from clip to clip."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def worker() -> None:
+        from pipeline.stages import build_stage
+
+        torch.set_num_threads(int(cfg["ray"]["torch_threads"]))
+        me = psutil.Process()
+        stages = [build_stage(name, cfg) for name in MODEL_STAGES]
+        pss = [me.memory_full_info().pss]
+        for _ in range(rounds):
+            for clip in copy.deepcopy(clips):
+                for stage in stages:
+                    stage.process(clip)
+            pss.append(me.memory_full_info().pss)
+        queue.put([round(p / 2**20, 1) for p in pss])
+
+    process = context.Process(target=worker)
+    process.start()
+    pss = queue.get(timeout=3600)
+    process.join()
+    return pss
+
+
 def run_naive(spans: list[tuple[str, float, float]], work: Path, name: str, cfg: dict,
               same_models: bool = False, device: str = "cpu") -> dict:
     """One run of ``bench/naive_prepare.py`` on the pipeline's kept spans, timed as a command."""
@@ -468,6 +498,10 @@ def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
             {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"], "peak_mb": r["peak_mb"]}
             for run, length, r in (("pipeline", "short", short_run), ("pipeline", "long", long_run),
                                    ("naive", "short", naive_short), ("naive", "long", naive_long))]
+        # One model worker's memory over many clips: the pipeline's growth with length, if any,
+        # would have to come from something kept from clip to clip.
+        result["model_worker_pss_mb_over_clips"] = {
+            "clips_per_round": 2, "after_build_then_each_round": model_worker_memory(clips[:2], cfg, rounds=8)}
     result["ratios"] = ratios(result)
     return result
 
