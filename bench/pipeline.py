@@ -94,7 +94,8 @@ class PeakMemory:
             by_name: dict[str, int] = {}
             for proc in [me, *me.children(recursive=True)]:
                 try:
-                    name = "bench" if proc.pid == me.pid else proc.name()
+                    # a Ray worker's title names its actor and the method it runs: keep the actor
+                    name = "bench" if proc.pid == me.pid else proc.name().split(".")[0]
                     by_name[name] = by_name.get(name, 0) + proc.memory_full_info().pss
                 except psutil.Error:
                     pass

@@ -170,15 +170,14 @@ def start_pools(cfg: DictConfig, sizes: PoolSizes):
     import ray
 
     from pipeline.scheduler import ActorPool
-    from pipeline.workers import StageWorker
+    from pipeline.workers import CpuWorker, ModelWorker
 
     plain = to_dict(cfg)
-    worker = ray.remote(StageWorker)
-    cpu = [worker.options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
-           .remote(("video", "prepare"), plain) for _ in range(sizes.cpu_workers)]
-    model = [worker.options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
-                            max_restarts=-1, max_task_retries=0)
-             .remote(("model",), plain) for _ in range(sizes.model_workers)]
+    cpu = [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
+           .remote(plain) for _ in range(sizes.cpu_workers)]
+    model = [ray.remote(ModelWorker).options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
+                                             max_restarts=-1, max_task_retries=0)
+             .remote(plain) for _ in range(sizes.model_workers)]
     # Building a worker loads its models: a bad file or config fails here, or (for the model
     # workers) at their first use in the scheduler, which stops the run the same way.
     cpu_descriptions = ray.get([a.describe.remote() for a in cpu])

@@ -60,3 +60,21 @@ class StageWorker:
         """{stage: {model_id, weight_id}} of the stages that run a model; also proves they loaded."""
         return {stage.name: stage.describe() for stages in self.groups.values() for stage in stages
                 if stage.describe()}
+
+
+# One class per kind, so that `ps`, `ray list actors` and the dashboard tell them apart
+# (ray::CpuWorker.process, ray::ModelWorker.process).
+
+
+class CpuWorker(StageWorker):
+    """Probes and cuts videos, decodes clips, runs the cheap filters and crops faces."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(("video", "prepare"), cfg)
+
+
+class ModelWorker(StageWorker):
+    """Runs quality, SyncNet, the motion extractor and the audio encoder on prepared clips."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__(("model",), cfg)

@@ -286,8 +286,8 @@ DRIVER_AND_CPU_WORKER = """
 import sys
 import pipeline.build_shards, pipeline.chunk_writer, pipeline.stats
 from pipeline.config import load_config, to_dict
-from pipeline.workers import StageWorker
-StageWorker(("video", "prepare"), to_dict(load_config("pipeline", [])))
+from pipeline.workers import CpuWorker
+CpuWorker(to_dict(load_config("pipeline", [])))
 print(sorted(m for m in ("torch", "transformers", "pyiqa", "onnxruntime") if m in sys.modules))
 """
 
