@@ -77,7 +77,8 @@ SETTINGS = ("shots.enabled=false", "clips.min_len_s=3", "clips.max_len_s=3.5", "
 
 
 class PeakMemory:
-    """Samples the summed PSS of this process and all its descendants (Ray's included). PSS splits
+    """Samples the summed PSS of this process's descendants: the command under test and every
+    process it starts (Ray's included), not this process, whose own memory varies. PSS splits
     shared pages (libraries, the object store) between the processes mapping them, so the sum is
     the memory the run really holds, where summed RSS would count torch once per process."""
 
@@ -92,10 +93,10 @@ class PeakMemory:
         me = psutil.Process()
         while not self._stop.is_set():
             by_name: dict[str, int] = {}
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in me.children(recursive=True):
                 try:
                     # a Ray worker's title names its actor and the method it runs: keep the actor
-                    name = "bench" if proc.pid == me.pid else proc.name().split(".")[0]
+                    name = proc.name().split(".")[0]
                     by_name[name] = by_name.get(name, 0) + proc.memory_full_info().pss
                 except psutil.Error:
                     pass
@@ -330,7 +331,7 @@ def run_naive(spans: list[tuple[str, float, float]], work: Path, name: str, cfg:
         wall = time.perf_counter() - start
     result = json.loads(out.read_text())
     result.update(command_wall_s=round(wall, 2), video_s_per_command_wall_s=round(result["video_s"] / wall, 4),
-                  peak_mb=round(memory.peak / 2**20, 1))
+                  peak_mb=round(memory.peak / 2**20, 1), peak_mb_by_process=memory.breakdown_mb())
     return report(name, result)
 
 
@@ -496,7 +497,8 @@ def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
         naive_long = run_naive(long_run["spans"], work, "naive_memory_long", cfg)
         lengths = {"short": probe(str(videos[0])).duration_s, "long": probe(str(long_video)).duration_s}
         result["memory_vs_length"] = [
-            {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"], "peak_mb": r["peak_mb"]}
+            {"run": run, "input_s": round(lengths[length], 2), "video_s": r["video_s"], "peak_mb": r["peak_mb"],
+             "peak_mb_by_process": r.get("peak_mb_by_process")}
             for run, length, r in (("pipeline", "short", short_run), ("pipeline", "long", long_run),
                                    ("naive", "short", naive_short), ("naive", "long", naive_long))]
         # One model worker's memory over many clips: the pipeline's growth with length, if any,
