@@ -534,7 +534,8 @@ def main() -> None:
             "bench": "pipeline", "machine": platform.platform(), "cpu_count": os.cpu_count(),
             "device": torch.cuda.get_device_name() if args.gpu else "cpu", "torch": torch.__version__,
             "weights": "random (official architectures)", "inputs": [str(v) for v in videos],
-            "settings": list(SETTINGS), "memory": "peak summed PSS (proportional set size) of the command's processes (not the bench's), MB",
+            "settings": list(SETTINGS),
+            "memory": "peak summed PSS (proportional set size) of the command's processes (not the bench's), MB",
             **(gpu_longer_only(videos, work, cfg, args.loops) if args.gpu and args.longer_only
                else gpu_bench(videos, work, cfg, args.quick, args.loops) if args.gpu
                else cpu_bench(videos, work, cfg, args.quick)),
