@@ -378,16 +378,19 @@ def ratios(result: dict) -> dict[str, float]:
     return out
 
 
-def gpu_longer_only(videos: list[Path], work: Path, cfg: dict, loops: int) -> dict:
-    """On a GPU machine, only the job with its own sizing against the naive way on the GPU, both
-    on every input looped ``loops`` times: how the ratio grows once the fixed start-up is spread
-    over minutes of video."""
+def gpu_longer_input(videos: list[Path], work: Path, cfg: dict, loops: int, quarter_shares: bool) -> dict:
+    """On a GPU machine, the job with its own sizing (and, with ``quarter_shares``, with four model
+    actors at 0.25 GPU) against the naive way on the GPU, on every input looped ``loops`` times:
+    how the ratio grows once the fixed start-up is spread over minutes of video."""
     looped = [loop_video(v, work / "inputs" / f"{v.stem}_x{loops}.mp4", loops) for v in videos]
-    longer = run_pipeline(looped, work, f"gpu_{loops}x_input", None)
-    naive = run_naive(longer["spans"], work, f"naive_gpu_{loops}x_input", cfg, device="cuda")
-    return {"loops": loops, "longer_input": {"pipeline": longer, "naive": naive},
-            "ratios": {f"throughput_over_naive_{longer['name']}":
-                       round(longer["video_s_per_wall_s"] / naive["video_s_per_command_wall_s"], 3)}}
+    runs = {"pipeline": run_pipeline(looped, work, f"gpu_{loops}x_input", None)}
+    if quarter_shares:
+        runs["pipeline_quarter_shares"] = run_pipeline(looped, work, f"gpu_quarter_shares_{loops}x_input", None,
+                                                       ("ray.model_worker_gpus=0.25",))
+    naive = run_naive(runs["pipeline"]["spans"], work, f"naive_gpu_{loops}x_input", cfg, device="cuda")
+    return {"loops": loops, "longer_input": {**runs, "naive": naive},
+            "ratios": {f"throughput_over_naive_{r['name']}":
+                       round(r["video_s_per_wall_s"] / naive["video_s_per_command_wall_s"], 3) for r in runs.values()}}
 
 
 def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool, loops: int = 3) -> dict:
@@ -397,27 +400,19 @@ def gpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool, loops: int
     runs = [run_pipeline(videos, work, "gpu", None),
             run_pipeline(videos, work, "gpu_quarter_shares", None, ("ray.model_worker_gpus=0.25",))]
     spans = runs[0]["spans"]
-    result = {"loops": loops, "pipeline": runs, "naive": run_naive(spans, work, "naive_gpu", cfg, device="cuda"),
-              "naive_same_models": run_naive(spans, work, "naive_gpu_same_models", cfg, True, device="cuda")}
+    baseline = run_naive(spans, work, "naive_gpu", cfg, device="cuda")
+    equal_work = run_naive(spans, work, "naive_gpu_same_models", cfg, True, device="cuda")
+    result = {"loops": loops, "pipeline": runs, "naive": baseline, "naive_same_models": equal_work,
+              "ratios": {}}
+    for r in runs:
+        result["ratios"][f"throughput_over_naive_{r['name']}"] = \
+            round(r["video_s_per_wall_s"] / baseline["video_s_per_command_wall_s"], 3)
+        result["ratios"][f"throughput_over_naive_same_models_{r['name']}"] = \
+            round(r["video_s_per_wall_s"] / equal_work["video_s_per_command_wall_s"], 3)
     if not quick:
-        looped = [loop_video(v, work / "inputs" / f"{v.stem}_x{loops}.mp4", loops) for v in videos]
-        longer = run_pipeline(looped, work, f"gpu_{loops}x_input", None)
-        result["longer_input"] = {
-            "pipeline": longer,
-            "pipeline_quarter_shares": run_pipeline(looped, work, f"gpu_quarter_shares_{loops}x_input", None,
-                                                    ("ray.model_worker_gpus=0.25",)),
-            "naive": run_naive(longer["spans"], work, f"naive_gpu_{loops}x_input", cfg, device="cuda")}
-    baseline, equal_work = result["naive"], result["naive_same_models"]
-    result["ratios"] = {f"throughput_over_naive_{r['name']}":
-                        round(r["video_s_per_wall_s"] / baseline["video_s_per_command_wall_s"], 3) for r in runs}
-    result["ratios"].update({f"throughput_over_naive_same_models_{r['name']}":
-                             round(r["video_s_per_wall_s"] / equal_work["video_s_per_command_wall_s"], 3) for r in runs})
-    if not quick:
-        longer_naive = result["longer_input"]["naive"]
-        for key in ("pipeline", "pipeline_quarter_shares"):
-            longer = result["longer_input"][key]
-            result["ratios"][f"throughput_over_naive_{longer['name']}"] = \
-                round(longer["video_s_per_wall_s"] / longer_naive["video_s_per_command_wall_s"], 3)
+        longer = gpu_longer_input(videos, work, cfg, loops, quarter_shares=True)
+        result["longer_input"] = longer["longer_input"]
+        result["ratios"].update(longer["ratios"])
     return result
 
 
@@ -536,7 +531,7 @@ def main() -> None:
             "weights": "random (official architectures)", "inputs": [str(v) for v in videos],
             "settings": list(SETTINGS),
             "memory": "peak summed PSS (proportional set size) of the command's processes (not the bench's), MB",
-            **(gpu_longer_only(videos, work, cfg, args.loops) if args.gpu and args.longer_only
+            **(gpu_longer_input(videos, work, cfg, args.loops, quarter_shares=False) if args.gpu and args.longer_only
                else gpu_bench(videos, work, cfg, args.quick, args.loops) if args.gpu
                else cpu_bench(videos, work, cfg, args.quick)),
         }
