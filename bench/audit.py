@@ -31,7 +31,7 @@ from manifests.checks import audit, check_metadata, check_shards, load_output
 from manifests.rethreshold import Rules, rethreshold, write_selection
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
 from manifests.summary import summarise
-from pipeline.pose import degrees_to_logits
+from shards.pose import degrees_to_logits
 from shards.format import FPS, MEMBERS, SAMPLES_PER_FRAME
 from shards.vector import VECTOR_DIM, motion_to_vector
 from shards.writer import ShardWriter

@@ -22,9 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from filters.syncnet import SAMPLES_PER_FRAME, WINDOW_FRAMES, load_syncnet, sync_scores
+from filters.syncnet import sync_scores
+from models.syncnet import WINDOW_FRAMES, load_syncnet
+from shards.format import SAMPLES_PER_FRAME
 from pipeline.media import media_available, media_dir
-from pipeline.motion_extractor import extract, load_motion_extractor
+from models.liveportrait.motion_extractor import extract, load_motion_extractor
 
 RESULTS = ROOT / "bench" / "results" / "models.json"
 
@@ -84,9 +86,9 @@ def bench_syncnet(n_frames: int, device: str) -> list[dict]:
 
 def bench_cpu_runtimes(n_frames: int) -> list[dict]:
     """The extractor and SyncNet on one thread, PyTorch eager against ONNX Runtime (the pipeline's
-    CPU default, ``pipeline.onnx_cpu``), as one single-threaded model worker runs them."""
-    from filters.syncnet import SyncNetOnnxCpu
-    from pipeline.motion_extractor import on_onnx_cpu
+    CPU default, ``models.onnx_cpu``), as one single-threaded model worker runs them."""
+    from models.syncnet import SyncNetOnnxCpu
+    from models.liveportrait.motion_extractor import on_onnx_cpu
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -29,11 +29,12 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from filters.quality import QualityScorer  # noqa: E402
-from filters.syncnet import load_syncnet, sync_scores  # noqa: E402
-from pipeline.audio_features import AudioEncoder  # noqa: E402
+from filters.syncnet import sync_scores  # noqa: E402
+from models.syncnet import load_syncnet  # noqa: E402
+from models.audio_encoder import AudioEncoder  # noqa: E402
 from pipeline.decode import decode_audio, iter_video_chunks  # noqa: E402
 from pipeline.faces import FaceTracker, crop_liveportrait, crop_syncnet  # noqa: E402
-from pipeline.motion_extractor import extract, load_motion_extractor  # noqa: E402
+from models.liveportrait.motion_extractor import extract, load_motion_extractor  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
 from pipeline.stages.faces import working_size  # noqa: E402
 

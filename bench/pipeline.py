@@ -61,7 +61,7 @@ import psutil  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.config import load_config, to_dict  # noqa: E402
+from configs import load_config, to_dict  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
 
@@ -121,7 +121,7 @@ def inputs(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if media_available():
         return [media_dir() / "lp_d20.mp4", media_dir() / "lp_s13.mp4", media_dir() / "lp_d14.mp4"]
-    from tests.media_kit import make_clip
+    from pipeline.media_kit import make_clip
 
     return [make_clip(folder / "a.mp4", duration=7.0, seed=1).path,
             make_clip(folder / "b.mp4", size=(480, 480), duration=4.0, seed=2).path]

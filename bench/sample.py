@@ -77,7 +77,7 @@ def main() -> None:
         print(f"{sampler} {steps} steps cfg {cfg_scale}: {seconds / args.seconds:.3f} s per audio s",
               flush=True)
 
-    from pipeline.audio_features import AudioEncoder
+    from models.audio_encoder import AudioEncoder
     from training.preview import render_preview
 
     audio = (0.1 * np.random.default_rng(1).standard_normal(int(args.seconds * SAMPLE_RATE))

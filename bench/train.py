@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
+from configs import load_config  # noqa: E402
 from pipeline.media import media_dir  # noqa: E402
 from shards.format import SAMPLES_PER_FRAME  # noqa: E402
 from shards.writer import ShardWriter  # noqa: E402

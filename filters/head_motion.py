@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipeline.pose import logits_to_degrees
+from shards.pose import logits_to_degrees
 from shards.format import FPS
 
 LOW_PCT, HIGH_PCT, SPEED_PCT = 2.0, 98.0, 95.0

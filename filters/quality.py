@@ -1,20 +1,14 @@
-"""Clip quality from a no-reference image-quality metric of pyiqa, on frames sampled through the clip.
+"""Clip quality: a pyiqa no-reference metric (``models.quality``) on frames sampled through the clip.
 
-The default, ``qalign`` (Q-Align, ~16 GB of weights in the Hugging Face cache), is what the JoyVASA
-paper filtered with. Any other pyiqa no-reference metric works by name (``topiq_nr``, ``musiq``,
-``clipiqa``... for smaller GPUs; ``piqe`` and ``entropy`` need no weights at all). pyiqa fetches
-weights at run time; where that is impossible ``MetricUnavailableError`` says what it wanted.
-
-``lower_better`` comes from pyiqa (PIQE, BRISQUE, NIQE: lower is better) so callers threshold in the
-right direction. Aggregates are literal: ``min`` is the numerically smallest frame score, which is
-the worst frame only where higher is better (use ``max`` or ``p90`` for the others).
+Aggregates are literal: ``min`` is the numerically smallest frame score, which is the worst frame
+only where higher is better (use ``max`` or ``p90`` for lower-is-better metrics such as PIQE).
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from models.quality import IqaModel, MetricUnavailableError  # noqa: F401  (re-exported for callers)
 
 AGGREGATES = {
     "mean": np.mean,
@@ -24,66 +18,6 @@ AGGREGATES = {
     "p10": lambda s: np.percentile(s, 10),
     "p90": lambda s: np.percentile(s, 90),
 }
-# pyiqa metrics whose preprocessing takes one image at a time.
-ONE_IMAGE_METRICS = ("qalign", "qalign_4bit", "qalign_8bit")
-
-
-class MetricUnavailableError(RuntimeError):
-    """A pyiqa metric could not be built here (weights not downloadable, or a package missing)."""
-
-
-def _wanted_downloads(exc: BaseException) -> list[str]:
-    """URLs and Hugging Face repos that the failing pyiqa/transformers download calls asked for.
-
-    Read from the arguments of the calls in the traceback (``url`` in pyiqa's
-    ``load_file_from_url``, ``path_or_repo_id``/``repo_id`` in the Hugging Face loaders).
-    """
-    found: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        tb = exc.__traceback__
-        while tb is not None:
-            local = tb.tb_frame.f_locals
-            for key in ("url", "path_or_repo_id", "repo_id"):
-                value = local.get(key)
-                if not isinstance(value, (str, os.PathLike)) or str(value) in found:
-                    continue
-                if key != "url" or "://" in str(value):  # urllib's own frames hold bare paths as url
-                    found.append(str(value))
-            tb = tb.tb_next
-        exc = exc.__cause__ or exc.__context__
-    return found
-
-
-def _cache_dirs() -> str:
-    from huggingface_hub import constants
-    from pyiqa.utils.download_util import DEFAULT_CACHE_DIR
-
-    return f"pyiqa cache {DEFAULT_CACHE_DIR}, Hugging Face cache {constants.HF_HUB_CACHE}"
-
-
-def create_metric(metric: str, device: str | torch.device):
-    """``pyiqa.create_metric(metric, as_loss=False, device=device)``, with clear errors."""
-    import pyiqa
-
-    available = pyiqa.list_models(metric_mode="NR")
-    if metric not in available:
-        raise ValueError(f"{metric!r} is not a pyiqa no-reference metric; choose one of {', '.join(available)}")
-    try:
-        return pyiqa.create_metric(metric, as_loss=False, device=device)
-    except ImportError as exc:
-        raise MetricUnavailableError(f"pyiqa metric {metric!r} needs the Python package {exc.name!r}, "
-                                     f"which is not installed ({exc})") from exc
-    except OSError as exc:  # urllib, requests and huggingface_hub failures are all OSErrors
-        wanted = _wanted_downloads(exc)
-        raise MetricUnavailableError(
-            f"pyiqa metric {metric!r} needs weights that are not available offline; it tried to fetch "
-            f"{', '.join(wanted) if wanted else 'files it did not name'}. Fetch them on a machine with internet "
-            f"access into the caches ({_cache_dirs()}), or choose a metric that needs no weights such as "
-            f"'piqe'. Cause: {type(exc).__name__}: {exc}") from exc
-
-
 def sample_indices(n_total: int, n_frames: int) -> np.ndarray:
     """``n_frames`` frame indices spread evenly over ``n_total`` (all of them when there are fewer)."""
     if n_total <= 0:
@@ -102,39 +36,17 @@ class QualityScorer:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-        self.metric_name = metric
         self.n_frames = int(n_frames)
         self.aggregate = aggregate
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.metric = create_metric(metric, self.device)
-        self.lower_better = bool(self.metric.lower_better)
-        self.score_range = self.metric.score_range
-        self.batch_size = batch_size or (1 if metric in ONE_IMAGE_METRICS else self.n_frames)
-        self.weight_id = f"pyiqa-{_pyiqa_version()}:{metric}"
-
-    @torch.inference_mode()
-    def frame_scores(self, frames: np.ndarray) -> np.ndarray:
-        """(N,) float32 metric scores of (N, H, W, 3) uint8 RGB frames, in batches."""
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be (N, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
-        scores = []
-        for start in range(0, len(frames), self.batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(frames[start:start + self.batch_size]))
-            x = batch.permute(0, 3, 1, 2).to(self.device, torch.float32) / 255.0
-            scores.append(torch.as_tensor(self.metric(x)).reshape(-1).float().cpu().numpy())
-        return np.concatenate(scores)
+        self.model = IqaModel(metric, device, batch_size=batch_size or self.n_frames)
+        self.metric_name, self.device = metric, self.model.device
+        self.lower_better, self.score_range = self.model.lower_better, self.model.score_range
+        self.weight_id = self.model.weight_id
 
     def score(self, frames: np.ndarray) -> tuple[float, np.ndarray]:
         """(clip score, per-frame scores of the sampled frames) for a clip's frames or face crops."""
         frames = np.asarray(frames)
         if frames.ndim != 4:
             raise ValueError(f"frames must be (N, H, W, 3) uint8 RGB, got shape {frames.shape}")
-        per_frame = self.frame_scores(frames[sample_indices(len(frames), self.n_frames)])
+        per_frame = self.model.frame_scores(frames[sample_indices(len(frames), self.n_frames)])
         return float(AGGREGATES[self.aggregate](per_frame)), per_frame
-
-
-def _pyiqa_version() -> str:
-    import pyiqa
-
-    return str(getattr(pyiqa, "__version__", "unknown"))

@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, VIDEOS
-from pipeline.stats import RunningMoments
+from shards.split import split_group
+from shards.stats import RunningMoments
 from shards.format import FPS, MEMBERS, MOTION_SHAPES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from shards.reader import SampleError, decode_sample, iter_raw
 from shards.vector import VECTOR_DIM, motion_to_vector
@@ -256,21 +257,22 @@ def check_checksum_column(sha256: pa.ChunkedArray, kept: np.ndarray) -> list[Pro
                                       f"column (first at kept row {bad[0]})")]
 
 
-def split_group(clips: pd.DataFrame) -> pd.Series:
-    """The unit a split must not cross: the speaker, or the source video when it is unknown."""
-    return ("speaker:" + clips["speaker"].astype("string")).fillna(
-        "video:" + clips["video_id"].astype("string"))
+def split_groups(clips: pd.DataFrame) -> pd.Series:
+    """Each clip's split group (``shards.split.split_group``: the speaker, else the source video)."""
+    speakers = clips["speaker"].astype(object).where(clips["speaker"].notna(), None)
+    return pd.Series([split_group(s, str(v)) for s, v in zip(speakers, clips["video_id"])],
+                     index=clips.index, dtype=object)
 
 
 def check_split_leak(clips: pd.DataFrame, kept: pd.Series) -> list[Problem]:
     in_split = kept & clips["split"].isin(SPLITS)
-    pairs = pd.DataFrame({"group": split_group(clips), "split": clips["split"]})[in_split]
+    pairs = pd.DataFrame({"group": split_groups(clips), "split": clips["split"]})[in_split]
     pairs = pairs.drop_duplicates()
     leaked = pairs.loc[pairs["group"].duplicated(), "group"]
     if leaked.empty:
         return []
     rows = clips.loc[in_split.to_numpy(), ["split", "shard", "key", "speaker", "video_id"]]
-    rows["group"] = split_group(rows)
+    rows["group"] = split_groups(rows)
     rows = rows[rows["group"].isin(leaked)]
     counts = rows.groupby(["group", "split"]).size().unstack(fill_value=0)
     problems = []

@@ -33,7 +33,7 @@ from typing import Any, Sequence  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
-from pipeline.config import load_config, save_config, to_dict  # noqa: E402
+from configs import load_config, save_config, to_dict  # noqa: E402
 from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
@@ -41,8 +41,9 @@ from pipeline.outdir import OutputDir, done_name  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
-from pipeline.stats import STATS_FILE, compute_stats  # noqa: E402
-from pipeline.weights import MissingWeightsError, require, warn_random  # noqa: E402
+from pipeline.stats import compute_stats  # noqa: E402
+from shards.stats import STATS_FILE  # noqa: E402
+from models.weights import MissingWeightsError, require, warn_random  # noqa: E402
 
 log = logging.getLogger("build_shards")
 
@@ -309,7 +310,7 @@ def demo_input(out: OutputDir) -> str:
     """The real sample clips when present, else a synthesised set written beside the output."""
     if media_available():
         return str(media_dir())
-    from tests.media_kit import make_standard_set
+    from pipeline.media_kit import make_standard_set
 
     folder = out.local_path("demo_media/placeholder").parent
     if not any(folder.glob("*.mp4")):

@@ -7,7 +7,6 @@ chunk without it is redone from scratch by the next run, and anything it left is
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from typing import Any, Callable
 
@@ -16,23 +15,18 @@ import numpy as np
 from pipeline.clip import Clip
 from pipeline.manifest_writer import RunMeta, clip_row, video_row, write_parts
 from pipeline.outdir import SHARDS, OutputDir, done_name
-from pipeline.split import split_of
 from pipeline.stages.base import error_text
-from shards.format import FPS
+from shards.format import FPS, SHARD_NAME_RE, int16_samples
+from shards.split import split_of
 from shards.writer import ShardWriter
-
-
-def audio_int16(audio: np.ndarray) -> np.ndarray:
-    """float32 in [-1, 1] -> int16, the scaling SyncNet's MFCC uses (x * 32768, clipped)."""
-    return np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def clear_chunk_shards(out: OutputDir, chunk: int) -> None:
     """Remove shards a crashed attempt at this chunk may have left (the chunk is not done)."""
-    pattern = re.compile(rf"shard-{chunk:06d}(-\d+)?\.tar$")
     out.remove_temporaries(SHARDS)
     for name in out.list(SHARDS):
-        if pattern.search(name):
+        match = SHARD_NAME_RE.match(name.rsplit("/", 1)[-1])
+        if match and int(match["chunk"]) == chunk:
             out.remove(name)
 
 
@@ -66,7 +60,7 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
             try:
                 full = fetch(clip)
                 shard, hashes = writer.write(clip.clip_id, full.motion, full.audio_feat,
-                                             audio_int16(full.audio), sample_meta(full, split, meta))
+                                             int16_samples(full.audio), sample_meta(full, split, meta))
             except Exception as exc:  # noqa: BLE001 - a clip that cannot be written is rejected
                 clip.reject("write", "invalid_sample", error_text(exc))
                 rows.append(clip_row(clip, split, meta))

@@ -41,9 +41,8 @@ from pipeline.probe import (
     run_with_timeout,
     stream_start_s,
 )
+from shards.format import FPS, SAMPLE_RATE
 
-FPS = 25
-SAMPLE_RATE = 16_000
 END_TOLERANCE_S = 0.5  # a stream may stop this much before the span's end; the rest is padded
 
 

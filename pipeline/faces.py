@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import median_filter
 
-from pipeline.face_detectors import make_detector
+from models.face_detectors import make_detector
 
 REASONS = ("no_face", "multiple_faces", "face_too_small", "track_lost")
 

@@ -14,6 +14,10 @@ never needs the models to run again. ``FORMAT_VERSION`` is bumped on any incompa
 """
 from __future__ import annotations
 
+import re
+
+import numpy as np
+
 FORMAT_VERSION = 1
 FPS = 25
 SAMPLE_RATE = 16_000
@@ -29,4 +33,18 @@ MOTION_SHAPES: dict[str, tuple[int, ...]] = {
     "scale": (1,),
 }
 MEMBERS = ("motion.npz", "audio_feat.npy", "audio.flac", "json")
-SHARD_PATTERN = "shard-{index:06d}.tar"
+INT16_SCALE = 32768.0  # float audio in [-1, 1] <-> int16 samples (the scaling SyncNet's MFCC expects)
+# A shard's name: ``shard-<chunk, 6 digits>.tar``, and ``-<part, 2 digits>`` before ``.tar`` once a
+# chunk's shard rolls over. The writer makes names with ``shard_name``; readers match them with this.
+SHARD_NAME_RE = re.compile(r"^shard-(?P<chunk>\d{6})(?:-(?P<part>\d{2}))?\.tar$")
+
+
+def shard_name(chunk: int, part: int = 0) -> str:
+    """The name of part ``part`` of chunk ``chunk``'s shard (part 0 has no suffix)."""
+    return f"shard-{chunk:06d}" + (f"-{part:02d}" if part else "") + ".tar"
+
+
+def int16_samples(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16 samples (x * 32768, rounded and clipped), as stored in shards."""
+    scaled = np.round(np.asarray(audio, dtype=np.float64) * INT16_SCALE)
+    return np.clip(scaled, -INT16_SCALE, INT16_SCALE - 1).astype(np.int16)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.pose import logits_to_degrees, rotation_matrix
+from shards.pose import logits_to_degrees, rotation_matrix
 
 VECTOR_DIM = 70
 EXP_DIMS = slice(0, 63)

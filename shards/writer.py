@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from shards.format import FORMAT_VERSION, MOTION_SHAPES, SAMPLE_RATE
+from shards.format import FORMAT_VERSION, MOTION_SHAPES, SAMPLE_RATE, shard_name
 
 TMP_SUFFIX = ".tmp"
 
@@ -84,8 +84,7 @@ class ShardWriter:
         self._size = 0
 
     def _name(self) -> str:
-        suffix = f"-{self.part:02d}" if self.part else ""
-        return f"shard-{self.index:06d}{suffix}.tar"
+        return shard_name(self.index, self.part)
 
     def _open(self) -> None:
         self._path = self.out_dir / self._name()

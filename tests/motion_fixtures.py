@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 from python_speech_features import logfbank
 
-from pipeline.pose import degrees_to_logits, matrix_to_degrees
+from shards.pose import degrees_to_logits, matrix_to_degrees
 from shards.format import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from shards.vector import motion_to_vector
 from shards.writer import ShardWriter

@@ -5,7 +5,7 @@ shard-building job writes (``shards/``, ``manifests/videos.parquet`` + ``clips.p
 ``stats.json``, ``run.json``) without running any model. The folder holds a few datasets,
 languages and speakers, a failed video, kept clips written with the real :class:`ShardWriter`
 (one shard rolls over into a second part), rejected clips at every stage with the scores that
-stage had computed, and source videos (talking-face clips from ``tests.media_kit``) so the report
+stage had computed, and source videos (talking-face clips from ``pipeline.media_kit``) so the report
 can grab frames; one source is removed afterwards to stand for footage moved since the run.
 
 ``build_output(out)`` returns a :class:`FixtureOutput` that records what was written, so tests can
@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
-from pipeline.pose import degrees_to_logits
+from shards.pose import degrees_to_logits
 from shards.format import FPS, SAMPLES_PER_FRAME
 from shards.vector import motion_to_vector
 from shards.writer import ShardWriter
-from tests.media_kit import make_clip
+from pipeline.media_kit import make_clip
 
 AUDIO_FEAT_DIM = 16
 VIDEO_SECONDS = 15.0

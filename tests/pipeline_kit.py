@@ -1,7 +1,7 @@
 """Small inputs and output readers shared by the pipeline's integration tests.
 
 Real clips from the media folder are cut to about a second (the motion extractor runs 2 to 5
-frames/s on two shared cores), synthesised clips come from ``tests.media_kit``, and the broken
+frames/s on two shared cores), synthesised clips come from ``pipeline.media_kit``, and the broken
 inputs from ``make_broken_inputs``. Outputs are read back with the project's own readers.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shards.reader import iter_raw
-from tests.media_kit import make_broken_inputs, make_clip
+from pipeline.media_kit import make_broken_inputs, make_clip
 
 # Small settings: short clips, offline quality metric on two crops, scores only for the model
 # filters (random weights give meaningless scores), a small audio encoder, frames at 360 px.

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import HubertConfig, HubertModel, Wav2Vec2Model
 
-from pipeline.audio_features import AudioEncoder, load_audio, small_config, to_mono_16k
+from models.audio_encoder import AudioEncoder, load_audio, small_config, to_mono_16k
 from shards.format import FPS, SAMPLE_RATE
 
 pytestmark = pytest.mark.filterwarnings("ignore:AudioEncoder uses RANDOM weights")

@@ -2,7 +2,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.config import CONFIG_DIR, load_config, save_config
+from configs import CONFIG_DIR, load_config, save_config
 
 
 def test_every_default_config_loads():

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.face_detectors import (
+from models.face_detectors import (
     ScrfdDetector,
     decode_scrfd,
     distance2bbox,
@@ -227,7 +227,7 @@ def test_face_stage_decodes_once_or_twice_with_the_same_crops(media):
     """A clip that fits ``decode.reuse_frames_mb`` is decoded once; one that does not is streamed
     twice (memory bound): the same scores and crops either way."""
     from pipeline.clip import Clip
-    from pipeline.config import load_config, to_dict
+    from configs import load_config, to_dict
     from pipeline.inputs import video_id
     from pipeline.stages.faces import FaceStage
     from pipeline.stages.probe import ProbeStage

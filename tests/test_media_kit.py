@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pipeline.media import ENV_VAR
-from tests.media_kit import (
+from pipeline.media_kit import (
     BROKEN_KINDS,
     SPEECH_FILES,
     SPEECH_RATE,
@@ -358,7 +358,7 @@ def test_video_only_has_no_audio(broken):
 
 def test_cli_writes_standard_set_and_broken_inputs(tmp_path):
     out = tmp_path / "kit"
-    subprocess.run([sys.executable, "-m", "tests.media_kit", str(out)], check=True, timeout=300,
+    subprocess.run([sys.executable, "-m", "pipeline.media_kit", str(out)], check=True, timeout=300,
                    cwd=Path(__file__).resolve().parents[1], capture_output=True)
     assert sorted(p.stem for p in out.glob("*.mp4")) == sorted(CLIP_NAMES)
     assert len(list((out / "broken").iterdir())) == len(BROKEN_KINDS)

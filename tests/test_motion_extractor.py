@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.media import REPO_ROOT
-from pipeline.motion_extractor import (
+from models.liveportrait.motion_extractor import (
     DEPTHS,
     MotionExtractor,
     extract,
@@ -125,13 +125,13 @@ def test_strict_load_rejects_other_files(saved, tmp_path):
         torch.save(content, tmp_path / name)
         with pytest.raises(ValueError):
             load_motion_extractor(tmp_path / name)
-    with pytest.raises(FileNotFoundError, match="pipeline.weights verify"):
+    with pytest.raises(FileNotFoundError, match="models.weights verify"):
         load_motion_extractor(tmp_path / "absent.pth")
 
 
 def test_random_mode_is_seeded_loud_and_leaves_caller_rng_alone(caplog):
     rng_before = torch.get_rng_state()
-    with caplog.at_level(logging.WARNING, logger="pipeline.weights"):
+    with caplog.at_level(logging.WARNING, logger="models.weights"):
         a = load_motion_extractor("random", seed=3)
     assert "RANDOM WEIGHTS" in caplog.text and "liveportrait_motion_extractor" in caplog.text
     assert torch.equal(torch.get_rng_state(), rng_before)

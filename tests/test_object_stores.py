@@ -21,7 +21,7 @@ from gcp_storage_emulator.server import create_server as create_gcs_server
 from moto.server import ThreadedMotoServer
 
 from pipeline.inputs import InputVideo, filesystem_for, list_inputs, video_id
-from tests.media_kit import make_clip
+from pipeline.media_kit import make_clip
 from tests.pipeline_kit import TEST_OVERRIDES, manifests, shard_members
 from tests.ray_processes import kill_session_processes
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from filters.syncnet import SyncNetOnnxCpu, load_syncnet, sync_scores
-from pipeline.motion_extractor import MOTION_SHAPES, extract, load_motion_extractor, on_onnx_cpu
-from pipeline.onnx_cpu import OnnxCpu, placement, writable
+from filters.syncnet import sync_scores
+from models.syncnet import SyncNetOnnxCpu, load_syncnet
+from models.liveportrait.motion_extractor import MOTION_SHAPES, extract, load_motion_extractor, on_onnx_cpu
+from models.onnx_cpu import OnnxCpu, placement, writable
 
 
 def small_net(seed: int) -> nn.Module:
@@ -79,7 +80,7 @@ def test_cache_key_follows_the_forward_code(tmp_path, monkeypatch):
     import importlib
     import sys
 
-    from pipeline.onnx_cpu import cache_key
+    from models.onnx_cpu import cache_key
 
     source = ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
               "        self.lin = torch.nn.Linear(3, 3)\n    def forward(self, x):\n        return {body}\n")

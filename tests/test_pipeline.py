@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.build_shards import main
-from pipeline.split import split_of
+from shards.split import split_of
 from shards.format import FPS, MOTION_SHAPES, SAMPLES_PER_FRAME
 from shards.reader import iter_samples
 from tests.pipeline_kit import (TEST_OVERRIDES, broken, manifests, ray_session, real_and_synthetic,  # noqa: F401
@@ -152,7 +152,7 @@ def test_missing_weights_fail_fast_naming_the_files(tmp_path: Path, caplog):
     text = caplog.text
     for name in ("liveportrait_motion_extractor", "syncnet_v2", "chinese_hubert_base"):
         assert name in text
-    assert "python -m pipeline.weights fetch" in text
+    assert "python -m models.weights fetch" in text
     assert not (tmp_path / "out").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.build_shards import main
-from tests.media_kit import make_clip
+from pipeline.media_kit import make_clip
 from tests.pipeline_kit import TEST_OVERRIDES, manifests, ray_session, shard_members, write_list  # noqa: F401
 from tests.ray_processes import kill_session_processes
 

@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from pipeline.clip import Clip, VideoInfo
-from pipeline.config import load_config
+from configs import load_config
 from pipeline.inputs import InputVideo
 from pipeline.plan import Chunk
 from pipeline.progress import Progress

@@ -16,18 +16,19 @@ from filters.head_motion import check_head_motion, head_motion_scores
 from manifests.schema import CLIPS, SCHEMA_VERSION
 from pipeline.chunk_writer import write_chunk
 from pipeline.clip import Clip, VideoInfo
-from pipeline.config import load_config, to_dict
+from configs import load_config, to_dict
 from pipeline.inputs import InputVideo, video_id
 from pipeline.manifest_writer import RunMeta, clip_row, consolidate, video_row, write_parts
 from pipeline.outdir import OutputDir, part_name
 from pipeline.plan import plan_chunks
-from pipeline.pose import degrees_to_logits
-from pipeline.split import TRAIN, VAL, assign_split, split_of
+from shards.pose import degrees_to_logits
+from shards.split import TRAIN, VAL, assign_split, split_of
 from pipeline.stages.cheap_filter import AudioFilterStage, DurationFilterStage
 
 from pipeline.stages.head_motion import HeadMotionStage
 from pipeline.stages.sync import shift_audio
-from pipeline.stats import RunningMoments, compute_stats
+from pipeline.stats import compute_stats
+from shards.stats import RunningMoments
 from shards.format import FPS, MOTION_SHAPES, SAMPLES_PER_FRAME
 from shards.vector import motion_to_vector
 
@@ -285,7 +286,7 @@ def test_a_process_that_exits_right_after_reading_parquet_exits_cleanly(tmp_path
 DRIVER_AND_CPU_WORKER = """
 import sys
 import pipeline.build_shards, pipeline.chunk_writer, pipeline.stats
-from pipeline.config import load_config, to_dict
+from configs import load_config, to_dict
 from pipeline.workers import CpuWorker
 CpuWorker(to_dict(load_config("pipeline", [])))
 print(sorted(m for m in ("torch", "transformers", "pyiqa", "onnxruntime") if m in sys.modules))

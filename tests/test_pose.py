@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.pose import (degrees_to_logits, logits_to_degrees, matrix_to_degrees,
+from shards.pose import (degrees_to_logits, logits_to_degrees, matrix_to_degrees,
                            rotation_matrix, transform_keypoints)
 
 

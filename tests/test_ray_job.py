@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.media_kit import make_clip
+from pipeline.media_kit import make_clip
 from tests.pipeline_kit import TEST_OVERRIDES, manifests, shard_members
 from tests.ray_processes import kill_session_processes
 

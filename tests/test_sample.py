@@ -18,7 +18,7 @@ import soxr
 import torch
 from ema_pytorch import EMA
 
-from pipeline.config import load_config, to_dict
+from configs import load_config, to_dict
 from shards.vector import VECTOR_DIM
 from training.checkpoint import save_checkpoint
 from training.model import ModelConfig, MotionDenoiser

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import load_config
+from configs import load_config
 from training.motion_metrics import boundary_jumps
 from training.sample import load_generator
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_config
+from configs import load_config
 from pipeline.sizing import SizingError, pool_sizes
 
 

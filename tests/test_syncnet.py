@@ -12,7 +12,8 @@ import python_speech_features
 import soundfile as sf
 import torch
 
-from filters.syncnet import LipTower2d, SyncNet, load_syncnet, score_embeddings, sync_scores
+from filters.syncnet import score_embeddings, sync_scores
+from models.syncnet import LipTower2d, SyncNet, load_syncnet
 from pipeline.media import REPO_ROOT
 
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "syncnet_v2.keys.json"
@@ -98,7 +99,10 @@ def test_lip_tower_as_2d_cnn_equals_the_3d_one(saved):
     with torch.no_grad():
         official, flat = model.forward_video(frames), LipTower2d(model)(frames)
     assert flat.shape == official.shape == (3, 1024)
-    torch.testing.assert_close(flat, official, atol=1e-4, rtol=1e-4)
+    # float32 convolutions in another order (3D vs 2D kernels, CPU-dependent algorithms): equal to
+    # a few ulps of the embeddings' scale, not of each element.
+    scale = float(official.abs().max())
+    torch.testing.assert_close(flat, official, atol=2e-6 * scale, rtol=1e-4)
     assert official.std() > 1e-2  # not trivially equal
 
 

@@ -4,7 +4,7 @@ import pickle
 import numpy as np
 import pytest
 
-from pipeline.pose import rotation_matrix, transform_keypoints
+from shards.pose import rotation_matrix, transform_keypoints
 from shards.vector import VECTOR_DIM
 from training.template import (
     EYE_KEYPOINTS,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import load_config
+from configs import load_config
 from shards.vector import motion_to_vector
 from training.data import (Clip, DataStreamError, FeatureWidthError, WindowSampler, WindowStream,
                            assemble_batch, batches_from_worker, dataset_multipliers, decode_clip,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import weights as W
+from models import weights as W
 from pipeline.media import REPO_ROOT
 
 
@@ -87,7 +87,7 @@ def test_resolve_raises_one_error_naming_every_missing_required_file(tmp_path):
     for n in e.names:
         assert n in message
     assert str(tmp_path / "insightface/models/buffalo_l/det_10g.onnx") in message
-    expected_cmd = (f"python -m pipeline.weights fetch --weights-dir {tmp_path.resolve()} "
+    expected_cmd = (f"python -m models.weights fetch --weights-dir {tmp_path.resolve()} "
                     f"--only {' '.join(e.names)}")
     assert e.fetch_command == expected_cmd and expected_cmd in message
     copy = pickle.loads(pickle.dumps(e))  # survives the trip from a worker process
@@ -137,7 +137,7 @@ def test_weight_id_is_sha256_and_tracks_changes(tmp_path):
 
 
 def test_warn_random_is_loud(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.weights"):
+    with caplog.at_level(logging.WARNING, logger="models.weights"):
         W.warn_random("syncnet_v2")
     text = caplog.text
     assert "RANDOM WEIGHTS" in text and "syncnet_v2" in text and "'random'" in text
@@ -151,7 +151,7 @@ def test_cli_list_and_verify(tmp_path, capsys):
         assert name in out
     assert W.main(["verify", "--weights-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert out.count("missing") >= 6 and "python -m pipeline.weights fetch" in out
+    assert out.count("missing") >= 6 and "python -m models.weights fetch" in out
     make_file_entry(tmp_path, "syncnet_v2")
     make_folder_entry(tmp_path, "chinese_hubert_base")
     assert W.main(["verify", "--weights-dir", str(tmp_path), "--only", "syncnet_v2", "chinese_hubert_base"]) == 0
@@ -165,7 +165,7 @@ def test_fetch_fails_clearly_without_network(tmp_path):
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", TH_WEIGHTS_URL_TIMEOUT="2")
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.weights", "fetch", "--weights-dir", str(tmp_path),
+        [sys.executable, "-m", "models.weights", "fetch", "--weights-dir", str(tmp_path),
          "--only", "liveportrait_motion_extractor", "wav2vec2_base_960h"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert time.monotonic() - start < 30

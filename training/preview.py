@@ -14,7 +14,7 @@ import av
 import cv2
 import numpy as np
 
-from pipeline.pose import transform_keypoints
+from shards.pose import transform_keypoints
 from shards.format import FPS, SAMPLE_RATE
 from shards.vector import vector_to_motion
 from training.template import (

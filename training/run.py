@@ -39,7 +39,7 @@ import torch.distributed as dist
 from ema_pytorch import EMA
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import load_config, save_config, to_dict
+from configs import load_config, save_config, to_dict
 from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from training.data import (DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
                            dataset_multipliers, find_inputs, first_clip, make_loader, to_model_inputs)

@@ -53,7 +53,7 @@ class BadInputError(ValueError):
 
 def read_speech(path: str | Path, min_rms: float = MIN_RMS) -> np.ndarray:
     """Any audio file -> float32 mono 16 kHz samples, refusing unreadable, empty and silent audio."""
-    from pipeline.audio_features import load_audio
+    from models.audio_encoder import load_audio
 
     path = Path(path)
     if not path.is_file():
@@ -113,8 +113,8 @@ def encoder_arguments(record: Any, weights_dir: str | None = None) -> tuple[str,
     """(weights, random_config) for ``AudioEncoder`` from a folder path, ``random[:small|:base]``,
     a registry name (``chinese_hubert_base``), a random model id (``random:wav2vec2-h64-l2``),
     the folder name a registry entry lives under, or a dict holding one of these."""
-    from pipeline import weights as registry
-    from pipeline.audio_features import small_config
+    from models import weights as registry
+    from models.audio_encoder import small_config
 
     if isinstance(record, dict) or hasattr(record, "get"):
         values = [record.get(k) for k in ("weights", "name", "model_id")]
@@ -207,7 +207,7 @@ def smooth_pose_dims(vector: np.ndarray, sigma: float) -> np.ndarray:
 def build_audio_encoder(choice: str | None, generator: MotionGenerator, device: str,
                         weights_dir: str | None = None):
     """The AudioEncoder for ``choice`` (see :func:`encoder_arguments`), else the recorded one."""
-    from pipeline.audio_features import AudioEncoder
+    from models.audio_encoder import AudioEncoder
 
     record = choice or recorded_audio_encoder(generator.stats, generator.train_config)
     if record is None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.pose import matrix_to_degrees, transform_keypoints
+from shards.pose import matrix_to_degrees, transform_keypoints
 from shards.format import FPS
 from shards.vector import motion_to_vector, vector_to_motion
 

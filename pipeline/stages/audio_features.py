@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.audio_features import AudioEncoder
+from models.audio_encoder import AudioEncoder
 from pipeline.clip import Clip
 from pipeline.stages.base import Stage
 from pipeline.stages.models import device_for, weights_choice
-from pipeline.weights import weight_id
+from models.weights import weight_id
 
 
 class AudioFeatureStage(Stage):

@@ -1,6 +1,6 @@
 """What the model stages share: which device, dtype and weights each model uses.
 
-Weights come from the registry (``pipeline.weights``) unless the config names a path, or
+Weights come from the registry (``models.weights``) unless the config names a path, or
 ``weights.random`` asks for random weights of the official architecture (tests and smoke runs).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import torch
 
-from pipeline.weights import RANDOM, weights_for
+from models.weights import RANDOM, weights_for
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from pipeline.clip import Clip
-from pipeline.motion_extractor import extract, load_motion_extractor, on_onnx_cpu
-from pipeline.onnx_cpu import use_onnx
+from models.liveportrait.motion_extractor import extract, load_motion_extractor, on_onnx_cpu
+from models.onnx_cpu import use_onnx
 from pipeline.stages.base import Stage
 from pipeline.stages.models import device_for, dtype_for, weights_choice
-from pipeline.weights import weight_id
+from models.weights import weight_id
 
 MODEL_NAME = "liveportrait_motion_extractor"
 # On a CPU small batches run faster per frame than large ones (they stay in cache: 4.7 frames/s

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.syncnet import SyncNetOnnxCpu, load_syncnet, sync_scores
+from filters.syncnet import sync_scores
+from models.syncnet import SyncNetOnnxCpu, load_syncnet
 from pipeline.clip import Clip
 from pipeline.stages.base import Filter
-from pipeline.onnx_cpu import use_onnx
+from models.onnx_cpu import use_onnx
 from pipeline.stages.models import device_for, weights_choice
-from pipeline.weights import weight_id
+from models.weights import weight_id
 from shards.format import SAMPLES_PER_FRAME
 
 MODEL_NAME = "syncnet_v2"

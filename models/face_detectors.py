@@ -229,7 +229,7 @@ def insightface_model_path(weights: str | Path | None, weights_dir: str | Path |
     """An explicit ``det_10g.onnx`` path, else the weights registry's ``insightface_det_10g``."""
     if weights is not None:
         return Path(weights)
-    from pipeline.weights import resolve
+    from models.weights import resolve
 
     return resolve("insightface_det_10g", weights_dir)
 

@@ -35,7 +35,7 @@ import soxr
 import torch
 from transformers import AutoConfig, AutoModel, HubertModel, PretrainedConfig, Wav2Vec2Config, Wav2Vec2Model
 
-from pipeline.weights import warn_random
+from models.weights import warn_random
 from shards.format import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 SUPPORTED_TYPES = ("wav2vec2", "hubert")

@@ -6,7 +6,7 @@ drawn face when the media is absent) whose mouth opens with the energy of real s
 that speech as H.264 + AAC through PyAV. Every clip records what it promises (fps, duration, size,
 streams) and the mouth opening per frame, so tests can measure the file against the promise.
 
-Usage: ``python -m tests.media_kit OUT_DIR`` writes the standard set and the broken inputs.
+Usage: ``python -m pipeline.media_kit OUT_DIR`` writes the standard set and the broken inputs.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ is omitted: it is the identity at inference.
 
 Input: RGB face crops (B, 3, 256, 256), float in [0, 1] (LivePortrait divides uint8 by 255, no
 mean/std). Output: the raw official dict ``kp`` (B, 63), ``exp`` (B, 63), ``pitch``/``yaw``/``roll``
-(B, 66) bin logits, ``t`` (B, 3), ``scale`` (B, 1). ``pipeline.pose`` turns logits into degrees.
+(B, 66) bin logits, ``t`` (B, 3), ``scale`` (B, 1). ``shards.pose`` turns logits into degrees.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.onnx_cpu import OnnxCpu, placement
-from pipeline.weights import RANDOM, warn_random, weight_id
+from models.onnx_cpu import OnnxCpu, placement
+from models.weights import RANDOM, warn_random, weight_id
 from shards.format import MOTION_SHAPES
 
 DEPTHS = (3, 3, 9, 3)
@@ -152,7 +152,7 @@ def load_motion_extractor(weights: str | Path, device: str | torch.device = "cpu
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"motion extractor weights not found: {path} "
-                                    f"(see `python -m pipeline.weights verify`)")
+                                    f"(see `python -m models.weights verify`)")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")

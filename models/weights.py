@@ -9,9 +9,9 @@ and smoke runs only, announced loudly by ``warn_random`` and recorded through ``
 
 Command line::
 
-    python -m pipeline.weights list   [--weights-dir D] [--only NAME ...]
-    python -m pipeline.weights verify [--weights-dir D] [--only NAME ...] [--no-hash]
-    python -m pipeline.weights fetch  [--weights-dir D] [--only NAME ...]
+    python -m models.weights list   [--weights-dir D] [--only NAME ...]
+    python -m models.weights verify [--weights-dir D] [--only NAME ...] [--no-hash]
+    python -m models.weights fetch  [--weights-dir D] [--only NAME ...]
 """
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def fetch_command(names: Iterable[str], weights_dir: str | Path | None = None) -> str:
-    return (f"python -m pipeline.weights fetch --weights-dir {weights_root(weights_dir)} "
+    return (f"python -m models.weights fetch --weights-dir {weights_root(weights_dir)} "
             f"--only {' '.join(names)}")
 
 
@@ -462,7 +462,7 @@ def cmd_fetch(names: list[str], root: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.weights", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m models.weights", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["list", "verify", "fetch"])
     parser.add_argument("--weights-dir", default=None, help=f"default: ${ENV_VAR} or ./weights")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="restrict to these entries")

@@ -1,6 +1,6 @@
 """YAML configuration with command-line overrides, and the effective config saved with outputs.
 
-Defaults live in ``configs/*.yaml`` under version control. Any key can be overridden from the
+Defaults live in this package as ``configs/*.yaml``, so an installed wheel carries them. Any key can be overridden from the
 command line in dotted form (``filters.sync.min_conf=5``); OmegaConf does the parsing and merging.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent  # the YAML defaults ship inside this package
 
 
 def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:

@@ -1,0 +1,1 @@
+"""LivePortrait's networks, module trees matching the official checkpoints key for key."""
