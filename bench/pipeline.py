@@ -1,6 +1,6 @@
 """Speed and memory of the shard-building job against the naive way, on the same clips and weights.
 
-    python bench/pipeline.py [--quick] [--gpu] [--out FILE]
+    python bench/pipeline.py [--quick] [--gpu] [--sizing] [--out FILE]
 
 Measures, on the real sample clips (synthesised ones when the media folder is absent):
 
@@ -24,7 +24,12 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
   workers and their models spread over 3x the video; skipped with ``--quick``);
 * peak memory of the pipeline and of the naive way on one video and on the same video ten times
   as long, with the peak broken down by process; and the memory of one model worker process
-  after each of 8 rounds over two clips (skipped with ``--quick``).
+  after each of 8 rounds over two clips (skipped with ``--quick``);
+* the job at its own default sizing on 2 cores against the old default (given explicitly), one
+  after the other (``default_sizing``; skipped with ``--quick``, alone with ``--sizing``, which
+  adds it to the existing result file): the single-thread work (CPU seconds of every actor's
+  calls, ``pipeline.activity``), the cores, the wall time over work / cores, and how busy each
+  actor was.
 
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
@@ -62,6 +67,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from configs import load_config, to_dict  # noqa: E402
+from pipeline.activity import from_log  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
 from pipeline.probe import probe  # noqa: E402
 
@@ -161,6 +167,14 @@ def sizing(cpus: int) -> tuple[str, ...]:
             f"ray.model_worker_cpus={(cpus - 0.5) / cpus}")
 
 
+def old_cpu_sizing(cpus: int) -> tuple[str, ...]:
+    """The CPU-only default before ``ray.cpu_stage_share``, given explicitly: one CPU actor per 8
+    cores (at least one) on a whole core, a single-threaded model actor on each core left."""
+    cpu_workers = max(1, round(cpus / 8))
+    return (f"ray.cpu_workers={cpu_workers}", "ray.cpu_worker_cpus=1",
+            f"ray.model_workers={max(1, cpus - cpu_workers)}", "ray.model_worker_cpus=1")
+
+
 def report(name: str, run: dict) -> dict:
     """Print one finished run's numbers as they come (a long bench shows its progress), return it."""
     keys = ("wall_s", "command_wall_s", "processing_s", "video_s", "video_s_per_wall_s",
@@ -178,8 +192,10 @@ def command(argv: list[str], log: Path) -> None:
                          + log.read_text(errors="replace")[-3000:])
 
 
-def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, extra: tuple[str, ...] = ()) -> dict:
-    """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores),
+def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, extra: tuple[str, ...] = (),
+                 job_sizing: bool = False) -> dict:
+    """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores;
+    actors sized by ``sizing`` unless ``job_sizing``, then by the job's defaults and ``extra``),
     or, with ``cpus=None``, of the whole machine with the job's own sizing (GPU machines)."""
     listing = work / f"{name}.txt"
     listing.write_text("\n".join(str(v) for v in videos) + "\n")
@@ -188,7 +204,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
     affinity = me.cpu_affinity()
     if cpus is not None:
         me.cpu_affinity(affinity[:cpus])  # the command and Ray's processes inherit it
-        extra = (f"ray.num_cpus={cpus}", *sizing(cpus), *extra)
+        extra = (f"ray.num_cpus={cpus}", *(() if job_sizing else sizing(cpus)), *extra)
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
@@ -204,6 +220,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
     video_s = sum(c["end_s"] - c["start_s"] for c in kept)
     model_s = sum(timings["stage_seconds"].get(s, 0.0) for s in MODEL_STAGES)
     pools = run["cluster"]["pools"]
+    activity = from_log((work / f"{name}.log").read_text(errors="replace"))
     return report(name, {
         "name": name, "ray_cpus": int(run["cluster"]["resources"]["CPU"]),
         "gpus": int(run["cluster"]["resources"].get("GPU", 0)), "model_workers": pools["model_workers"],
@@ -215,6 +232,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
         "model_share_of_processing": round(model_s / timings["processing_s"], 3),
         "stage_fps": timings["stage_fps"], "stage_seconds": timings["stage_seconds"],
         "peak_mb": round(memory.peak / 2**20, 1), "peak_mb_by_process": memory.breakdown_mb(),
+        "pools": pools, "activity": activity,
         "spans": [(c["source"], c["start_s"], c["end_s"]) for c in kept],
     })
 
@@ -463,6 +481,55 @@ def longer_rows(result: dict) -> list[str]:
             f"{n['wall_s']} | {n['video_s_per_command_wall_s']} | {n['video_s_per_wall_s']} | | | {n['peak_mb']} |"]
 
 
+def against_limit(run: dict, cores: int) -> dict:
+    """A run's wall time against the machine's limit, work / cores, where the work is the CPU
+    seconds of every actor's calls (their busy time at one thread each: a time-shared actor's
+    wall time stretches, its CPU time does not); busy fractions are of the scheduler's loop."""
+    activity = run["activity"]
+    work = activity["work_cpu_s"]
+    return {
+        "pools": run["pools"], "cores": cores, "clips": run["clips"], "frames": run["frames"],
+        "video_s": run["video_s"], "work_cpu_s": work, "limit_s": round(work / cores, 2),
+        "wall_s": run["wall_s"], "wall_over_limit": round(run["wall_s"] / (work / cores), 3),
+        "startup_s": run["startup_s"], "processing_s": run["processing_s"],
+        "scheduler_wall_s": activity["wall_s"], "scheduler_wall_over_limit": activity["wall_over_work_per_core"],
+        # the model actors load their models inside the scheduler's loop (the CPU actors before it):
+        # the loop against the cores' limit with that loading counted as work too
+        "scheduler_wall_over_limit_with_model_loading": round(
+            activity["wall_s"] / ((work + activity["model"]["startup_cpu_s"]) / cores), 3),
+        "busy_fraction": {pool: activity[pool]["busy_fraction"] for pool in ("cpu", "model")},
+        "busy_s": {pool: activity[pool]["busy_s"] for pool in ("cpu", "model")},
+        "cpu_s": {pool: activity[pool]["cpu_s"] for pool in ("cpu", "model")},
+        "actor_startup_cpu_s": {pool: activity[pool]["startup_cpu_s"] for pool in ("cpu", "model")},
+        "cpu_stage_share": activity["cpu_stage_share"], "peak_mb": run["peak_mb"],
+    }
+
+
+def sizing_bench(videos: list[Path], work: Path, cpus: int) -> dict:
+    """The old CPU-only default sizing (given explicitly) and the new one (the job's own ``auto``)
+    on the same input, one after the other: wall time over work / cores for each."""
+    before = run_pipeline(videos, work, "sizing_before", cpus, old_cpu_sizing(cpus), job_sizing=True)
+    after = run_pipeline(videos, work, "sizing_after", cpus, job_sizing=True)
+    return {"cores": cpus, "inputs": [str(v) for v in videos], "settings": list(SETTINGS),
+            "goal": "wall_over_limit <= 1.15 at the default sizing",
+            "before": {"sizing": "old default: " + " ".join(old_cpu_sizing(cpus)), **against_limit(before, cpus)},
+            "after": {"sizing": "default (auto)", **against_limit(after, cpus)}}
+
+
+def sizing_markdown(result: dict) -> str:
+    lines = ["| sizing | actors (CPU x share, model x share) | work CPU-s | wall s | limit s | wall / limit | "
+             "loop / limit | busy CPU actors | busy model actors | CPU stage share |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: |"]
+    for key in ("before", "after"):
+        r = result[key]
+        p = r["pools"]
+        lines.append(f"| {key}: {r['sizing']} | {p['cpu_workers']} x {p['cpu_worker_cpus']:g}, {p['model_workers']} x "
+                     f"{p['model_worker_cpus']:g} | {r['work_cpu_s']} | {r['wall_s']} | {r['limit_s']} | "
+                     f"{r['wall_over_limit']} | {r['scheduler_wall_over_limit']} | {r['busy_fraction']['cpu']} | "
+                     f"{r['busy_fraction']['model']} | {r['cpu_stage_share']} |")
+    return "\n".join(lines)
+
+
 def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
     """The CPU runs of the module docstring."""
     runs = [run_pipeline(videos, work, "two_cpus", 2), run_pipeline(videos, work, "one_cpu", 1),
@@ -500,6 +567,7 @@ def cpu_bench(videos: list[Path], work: Path, cfg: dict, quick: bool) -> dict:
         # would have to come from something kept from clip to clip.
         result["model_worker_pss_mb_over_clips"] = {
             "clips_per_round": 2, "after_build_then_each_round": model_worker_memory(clips[:2], cfg, rounds=8)}
+        result["default_sizing"] = sizing_bench(videos, work, 2)
     result["ratios"] = ratios(result)
     return result
 
@@ -514,6 +582,9 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=3, help="times every input is looped for the longer-input runs")
     parser.add_argument("--longer-only", action="store_true",
                         help="with --gpu: only the job and the naive way on the looped inputs")
+    parser.add_argument("--sizing", action="store_true",
+                        help="only the old and the new default CPU sizing on 2 cores, added to the result "
+                             "file as default_sizing (its other keys are kept)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: PyTorch sees no CUDA device here")
@@ -525,6 +596,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         videos = inputs(work / "inputs")
+        if args.sizing:
+            out = args.out or RESULTS
+            kept = json.loads(out.read_text()) if out.exists() else {"bench": "pipeline"}
+            kept["default_sizing"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                      **sizing_bench(videos, work, 2)}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(kept, indent=2) + "\n")
+            print(sizing_markdown(kept["default_sizing"]))
+            return
         result = {
             "bench": "pipeline", "machine": platform.platform(), "cpu_count": os.cpu_count(),
             "device": torch.cuda.get_device_name() if args.gpu else "cpu", "torch": torch.__version__,
@@ -539,6 +619,8 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(markdown(result))
+        if "default_sizing" in result:
+            print(sizing_markdown(result["default_sizing"]))
         print(json.dumps(result["ratios"], indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,13 @@ Measures, on shards written with the real ShardWriter (motion from the real Live
 * peak memory of a loader process streaming the same number of windows from 1x and 10x the shards
   (the stream never holds the dataset, so it should be flat);
 * one optimiser step with cached features (loader batches -> loss -> AdamW): steps/s, samples/s;
+* model step speed at the paper's config (width 512, 6 layers) and the public trainer's effective
+  one (width 256, 8 layers, 8 heads), batch 16, W_pre 25 + W_cur 100, 768-wide features: windows/s
+  and step time of the reference computation (masked cross-attention over all audio frames, as
+  ``nn.TransformerDecoder`` computes it), of the exact single-key cross-attention of
+  ``audio_radius=0`` (the default), and of that plus bf16 autocast (a choice, not exact), measured
+  interleaved in one run so their ratio holds on a shared machine; on ``--device cuda`` also
+  fused AdamW and ``torch.compile``;
 * the baseline, as the public code trains: the same step with a wav2vec2-base encoder (random
   weights, transformers' base config) run on each window's raw audio inside every step, its
   transformer layers 2-11 trained with the model as the public code does; and, for reference, the
@@ -40,15 +47,15 @@ from pipeline.media import media_dir  # noqa: E402
 from shards.format import SAMPLES_PER_FRAME  # noqa: E402
 from shards.writer import ShardWriter  # noqa: E402
 from tests.motion_fixtures import SPEECH, TEMPLATES, compute_stats, speech, template_motion  # noqa: E402
-from training.data import WindowStream, find_inputs, make_loader, to_model_inputs  # noqa: E402
+from training.data import ModelBatch, WindowStream, find_inputs, make_loader, to_model_inputs  # noqa: E402
 from training.diffusion import Diffusion  # noqa: E402
 from training.losses import LossWeights  # noqa: E402
 from training.model import ModelConfig, MotionDenoiser  # noqa: E402
 from training.normalize import Normalizer, load_stats  # noqa: E402
-from training.run import make_optimizer, step_loss  # noqa: E402
+from training.run import autocast_for, make_optimizer, step_loss  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
-PAPER = ModelConfig()  # width 512, 6 layers, 8 heads, w_pre 25, w_cur 100, audio_dim 768
+PAPER = ModelConfig(audio_dim=768)  # width 512, 6 layers, 8 heads, w_pre 25, w_cur 100, audio_dim 768
 BATCH = 16
 CLIPS_PER_SHARD = 8
 
@@ -213,6 +220,81 @@ def bench_steps(root: Path, n_steps: int) -> dict[str, dict]:
     return {name: step.result() for name, step in variants.items()}
 
 
+PUBLIC = ModelConfig(audio_dim=768, width=256, layers=8, heads=8)  # JoyVASA's public trainer, effectively
+
+
+class ModelStep:
+    """One optimiser step of the denoiser alone on fixed random windows (no loader), one variant."""
+
+    def __init__(self, model_cfg: ModelConfig, device: str, single_key: bool, precision: str,
+                 fused: bool = False, compile_model: bool = False):
+        torch.manual_seed(0)
+        self.device = torch.device(device)
+        self.model = MotionDenoiser(model_cfg).to(self.device).train()
+        self.model.single_key_cross_attention = single_key
+        cfg = load_config("train", [f"optim.fused={str(fused).lower()}", f"train.precision={precision}",
+                                    "train.cpu_autocast=true"])
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.autocast, _ = autocast_for(cfg, self.device)
+        self.call = torch.compile(self.model) if compile_model else self.model
+        self.diffusion, self.weights = Diffusion(), LossWeights()
+        self.generator = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        w = model_cfg.window
+        x0 = torch.randn(BATCH, w, model_cfg.motion_dim, generator=g).to(self.device)
+        self.mb = ModelBatch(x0=x0, audio=torch.randn(BATCH, w, model_cfg.audio_dim, generator=g).to(self.device),
+                             valid=torch.ones(BATCH, w, dtype=torch.bool, device=self.device),
+                             first=torch.zeros(BATCH, dtype=torch.bool, device=self.device))
+        self.w_pre = model_cfg.w_pre
+        self.times: list[float] = []
+
+    def __call__(self, timed: bool = True) -> None:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        loss, _ = step_loss(self.call, self.diffusion, self.mb, self.weights, self.w_pre, 0.1,
+                            self.generator, self.autocast)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        self.optimizer.step()
+        sync()
+        if timed:
+            self.times.append(time.perf_counter() - start)
+
+    def result(self) -> dict:
+        seconds = min(self.times)
+        return {"step_s_best": round(seconds, 4), "step_s_median": round(float(np.median(self.times)), 4),
+                "windows_per_s": round(BATCH / seconds, 2)}
+
+
+def bench_model_speed(device: str, n_steps: int) -> dict:
+    """Reference vs the exact fast path (vs bf16 autocast, and on CUDA fused AdamW and compile),
+    at both configs, interleaved step by step."""
+    out = {}
+    for name, model_cfg in (("paper", PAPER), ("public_trainer", PUBLIC)):
+        variants = {"reference_fp32": ModelStep(model_cfg, device, False, "fp32"),
+                    "single_key_fp32": ModelStep(model_cfg, device, True, "fp32"),
+                    "single_key_bf16_autocast": ModelStep(model_cfg, device, True, "bf16")}
+        if device == "cuda":
+            variants["single_key_bf16_fused_adamw"] = ModelStep(model_cfg, device, True, "bf16", fused=True)
+            variants["single_key_bf16_fused_compiled"] = ModelStep(model_cfg, device, True, "bf16", fused=True,
+                                                                   compile_model=True)
+        for step in variants.values():
+            step(timed=False)  # warm-up (and compilation)
+            step(timed=False)
+        for _ in range(n_steps):
+            for step in variants.values():
+                step()
+        results = {k: v.result() for k, v in variants.items()}
+        ref = results["reference_fp32"]["windows_per_s"]
+        for r in results.values():
+            r["speedup_vs_reference"] = round(r["windows_per_s"] / ref, 3)
+        out[name] = {"model": model_cfg.to_dict(), "batch": BATCH, **results}
+        del variants
+    return out
+
+
 def markdown(r: dict) -> str:
     steps = r["steps"]
     m1, m10 = r["memory"]["1x"], r["memory"]["10x"]
@@ -252,8 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_train"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--memory-probe", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (model step speed only on cuda)")
+    parser.add_argument("--model-steps", type=int, default=3, help="timed model steps per variant")
+    parser.add_argument("--only-model-speed", action="store_true",
+                        help="measure the model step speed only and merge it into --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only_model_speed or args.device == "cuda":
+        return write_model_speed(args)
     if args.memory_probe is not None:
         print(json.dumps(memory_probe(args.memory_probe, args.loader_batches, args.loader_workers)))
         return 0
@@ -270,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     report["loader_1_worker"] = bench_loader(small, args.loader_batches // 2, 1)
     report["memory"] = {"1x": bench_memory(small, args.loader_batches, args.loader_workers),
                         "10x": bench_memory(large, args.loader_batches, args.loader_workers)}
+    report["model_speed"] = {"cpu": bench_model_speed("cpu", args.model_steps)}
     steps = report["steps"] = bench_steps(small, args.steps)
     cached = steps["cached_features"]["step_s_best"]
     report["speedup"] = {"vs_public_code": round(steps["wav2vec2_public_code"]["step_s_best"] / cached, 2),
@@ -292,6 +381,28 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.out)
     print(markdown(report))
     print(f"\nwrote {args.out}")
+    return 0
+
+
+def write_model_speed(args: argparse.Namespace) -> int:
+    """Only the model step speed on ``args.device``, merged into an existing results file."""
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {"bench": "train"}
+    speed = bench_model_speed(args.device, args.model_steps)
+    speed["threads"] = args.threads
+    speed["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    speed["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if args.device == "cuda":
+        speed["gpu"] = torch.cuda.get_device_name()
+    report.setdefault("model_speed", {})[args.device] = speed
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
+    for name in ("paper", "public_trainer"):
+        for variant, r in speed[name].items():
+            if isinstance(r, dict) and "windows_per_s" in r:
+                print(f"{args.device} {name} {variant}: {r['windows_per_s']} windows/s, "
+                      f"{r['step_s_best']} s/step, {r['speedup_vs_reference']}x")
     return 0
 
 

@@ -17,8 +17,8 @@ Protocol (syncnet_python's ``evaluate``):
 ``window_stride`` > 1 (an option, not syncnet_python's protocol) runs the lip tower on every k-th
 window only, while the cheap audio tower still runs on every window, so offsets keep their
 one-frame resolution: the mean distance per shift is then the mean over an evenly spaced subsample
-of the windows, an unbiased estimate of the full mean. The lip tower is most of SyncNet's cost
-(bench/models.py), so stride 2 nearly halves it.
+of the windows, an unbiased estimate of the full mean. The lip tower is most of SyncNet's cost,
+so stride 2 nearly halves it.
 
 Sign of the offset: a positive offset means the audio leads the video (the sound of a lip movement
 arrives ``offset`` frames early); audio that lags the video by k frames gives offset = -k.

@@ -32,7 +32,9 @@ from manifests.summary import format_summary, summarise
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m manifests.audit", description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path, help="pipeline output folder (shards/, manifests/, stats.json)")
+    parser.add_argument("out", help="pipeline output folder (shards/, manifests/, stats.json): a path or "
+                        "a URI as the job's --output (s3://, gs://; endpoints from AWS_ENDPOINT_URL, "
+                        "STORAGE_EMULATOR_HOST)")
     parser.add_argument("--deep", action="store_true", help="read and verify every shard sample")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes for the shard checks (default: one per CPU)")
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
     parser.add_argument("--rethreshold", type=Path, metavar="THRESHOLDS_YAML",
                         help="show what these thresholds would keep")
-    parser.add_argument("--write-manifest", type=Path, metavar="CLIPS_PARQUET",
+    parser.add_argument("--write-manifest", metavar="CLIPS_PARQUET",
                         help="with --rethreshold: write the new selection as a clip manifest")
     parser.add_argument("--max-listed", type=int, default=20,
                         help="problems printed per check in the tables (all are in --json)")

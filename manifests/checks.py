@@ -5,14 +5,20 @@ Three layers, cheapest first:
 1. Metadata (always, vectorised over the Parquet tables; a million clip rows take seconds): the
    schema version is known and the columns are the schema's; clip ids are unique; every kept clip
    names a shard, key and checksums, every rejected clip a stage and reason; no key is used twice;
-   no speaker (or source video, when the speaker is unknown) is in both train and val; frame counts
+   no split group (speaker, face identity or source video) is in both train and val, and no
+   validation clip's face is within the identity threshold of a training clip's; frame counts
    match the clip spans; the videos table agrees with the clips; ``stats.json`` counts the training
    split's clips and frames; ``run.json`` is readable.
 2. Shard listing (always; reads tar headers only): every shard a kept clip names exists, reads to
    its end-of-archive marker, and lists exactly the members of its kept clips, no more, no less.
 3. Content (``deep=True``; one process per shard): every member's sha256 matches the manifest,
    every sample decodes, arrays have the format's shapes and dtypes and are finite, and the
-   statistics recomputed from the training split's samples match ``stats.json``.
+   statistics recomputed from the training split's samples match ``stats.json`` (by the same
+   per-clip rule as the job, ``shards.stats``: moments merged clip by clip, trimmed ranges).
+
+The folder may be local or an object-store URI (``s3://``, ``gs://``, with the job's endpoint
+settings; ``shards.storage``): each remote shard is then downloaded once, sequentially, to a
+temporary file in the worker that checks it.
 
 A problem names its shard and sample key where it has them. Input that cannot be audited at all
 (no folder, no manifests, unreadable Parquet, columns missing) raises :class:`UnusableOutput`.
@@ -22,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -33,21 +41,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, VIDEOS
-from shards.split import split_group
-from shards.stats import RunningMoments
+from shards.identity import IDENTITY_THRESHOLDS, nearest
+from shards.split import SPLITS, split_group
+from shards import storage
+from shards.stats import DatasetMoments
 from shards.format import FPS, MEMBERS, MOTION_SHAPES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from shards.reader import SampleError, decode_sample, iter_raw
-from shards.vector import VECTOR_DIM, motion_to_vector
+from shards.vector import VECTOR_DIM
 
 KNOWN_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 KNOWN_STATS_VERSIONS = frozenset({1})
 SCHEMA_VERSION_KEY = b"schema_version"
-SPLITS = ("train", "val")
 # Bulky JSON columns are read on demand, never kept in the clip table.
-BULKY_COLUMNS = ("sha256", "model_ids", "weight_hashes")
+BULKY_COLUMNS = ("sha256", "model_ids", "weight_hashes", "face_embedding")
 FRAME_TOLERANCE = 1  # frames between n_frames and the span times 25
 # A recomputed statistic matches the file within this fraction of the dimension's spread.
 STATS_TOLERANCE = 1e-2
@@ -77,7 +85,7 @@ class Problem:
 class PipelineOutput:
     """A loaded output folder: the manifests as tables, the stats and run files as parsed JSON."""
 
-    root: Path
+    root: str  # a folder or a URI
     clips: pd.DataFrame  # every clip column except BULKY_COLUMNS
     videos: pd.DataFrame
     clips_schema: pa.Schema
@@ -88,16 +96,16 @@ class PipelineOutput:
     run_error: str | None
 
     @property
-    def clips_path(self) -> Path:
-        return self.root / "manifests" / "clips.parquet"
+    def clips_path(self) -> str:
+        return storage.join(self.root, "manifests/clips.parquet")
 
     @property
-    def shards_dir(self) -> Path:
-        return self.root / "shards"
+    def shards_dir(self) -> str:
+        return storage.join(self.root, "shards")
 
     def clip_column(self, name: str) -> pa.ChunkedArray:
         """One column read straight from the Parquet file (used for the bulky JSON columns)."""
-        return pq.read_table(self.clips_path, columns=[name]).column(name)
+        return storage.read_parquet(self.clips_path, columns=[name]).column(name)
 
 
 def load_output(root: str | Path) -> PipelineOutput:
@@ -106,46 +114,50 @@ def load_output(root: str | Path) -> PipelineOutput:
     A column of the schema that the file lacks is read as nulls (and reported by
     :func:`check_schema`); only a lack of the columns every check stands on makes the input unusable.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise UnusableOutput(f"{root}: no such folder")
+    root = str(root)
+    try:
+        if not storage.is_dir(root):
+            raise UnusableOutput(f"{root}: no such folder")
+    except storage.StorageError as exc:
+        raise UnusableOutput(str(exc)) from exc
     tables = {}
     for name, expected, essential in (("clips", CLIPS, ESSENTIAL_CLIP_COLUMNS),
                                       ("videos", VIDEOS, ESSENTIAL_VIDEO_COLUMNS)):
-        path = root / "manifests" / f"{name}.parquet"
-        if not path.is_file():
+        path = storage.join(root, f"manifests/{name}.parquet")
+        if not storage.is_file(path):
             raise UnusableOutput(f"{path}: manifest missing")
         try:
-            schema = pq.read_schema(path)
+            schema = storage.read_parquet_schema(path)
             lacking = [c for c in essential if c not in schema.names]
             if lacking:
                 raise UnusableOutput(f"{path}: columns missing: {', '.join(lacking)}")
             columns = [f.name for f in expected if f.name not in BULKY_COLUMNS and f.name in schema.names]
             # Low-cardinality strings stay dictionary-encoded (pandas categoricals): the thresholds
             # JSON repeats on every row and would otherwise cost a string per row.
-            table = pq.read_table(path, columns=columns,
-                                  read_dictionary=[c for c in DICTIONARY_COLUMNS if c in columns])
+            table = storage.read_parquet(path, columns=columns,
+                                         read_dictionary=[c for c in DICTIONARY_COLUMNS if c in columns])
         except (pa.ArrowException, OSError) as exc:
             raise UnusableOutput(f"{path}: unreadable Parquet ({exc})") from exc
         for field_ in expected:
             if field_.name not in schema.names and field_.name not in BULKY_COLUMNS:
                 table = table.append_column(field_, pa.nulls(len(table), field_.type))
         tables[name] = (table.to_pandas(), schema)
-    stats, stats_error = _read_json(root / "stats.json")
-    run, run_error = _read_json(root / "run.json")
+    stats, stats_error = _read_json(storage.join(root, "stats.json"))
+    run, run_error = _read_json(storage.join(root, "run.json"))
     return PipelineOutput(root, tables["clips"][0], tables["videos"][0], tables["clips"][1],
                           tables["videos"][1], stats, stats_error, run, run_error)
 
 
-def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    if not path.is_file():
-        return None, f"{path.name} missing"
+def _read_json(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    name = path.rsplit("/", 1)[-1]
+    if not storage.is_file(path):
+        return None, f"{name} missing"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_bytes(path))
     except (OSError, ValueError) as exc:
-        return None, f"{path.name} unreadable ({exc})"
+        return None, f"{name} unreadable ({exc})"
     if not isinstance(data, dict):
-        return None, f"{path.name} is not a JSON object"
+        return None, f"{name} is not a JSON object"
     return data, None
 
 
@@ -161,6 +173,7 @@ def check_metadata(output: PipelineOutput) -> list[Problem]:
     problems += check_clip_rows(clips, kept)
     problems += check_checksum_column(output.clip_column("sha256"), kept.to_numpy())
     problems += check_split_leak(clips, kept)
+    problems += check_identity_leak(output, kept)
     problems += check_videos(output.videos, clips, kept)
     problems += check_stats_counts(output.stats, output.stats_error, clips, kept)
     if output.run_error:
@@ -258,10 +271,45 @@ def check_checksum_column(sha256: pa.ChunkedArray, kept: np.ndarray) -> list[Pro
 
 
 def split_groups(clips: pd.DataFrame) -> pd.Series:
-    """Each clip's split group (``shards.split.split_group``: the speaker, else the source video)."""
+    """Each clip's split group: the recorded ``split_group`` (speaker, face identity or video),
+    else ``shards.split.split_group`` of its speaker and source video."""
     speakers = clips["speaker"].astype(object).where(clips["speaker"].notna(), None)
-    return pd.Series([split_group(s, str(v)) for s, v in zip(speakers, clips["video_id"])],
+    recorded = clips["split_group"] if "split_group" in clips else pd.Series(None, index=clips.index)
+    return pd.Series([g if isinstance(g, str) and g else split_group(s, str(v))
+                      for g, s, v in zip(recorded, speakers, clips["video_id"])],
                      index=clips.index, dtype=object)
+
+
+def check_identity_leak(output: PipelineOutput, kept: pd.Series) -> list[Problem]:
+    """Validation clips whose face is within the identity threshold (``shards.identity``) of a
+    training clip's face, per embedding model: the same person on both sides of the split."""
+    clips = output.clips
+    if "face_embedding" not in output.clips_schema.names or clips["identity_backend"].isna().all():
+        return []
+    embeddings = output.clip_column("face_embedding").combine_chunks()
+    valid = kept.to_numpy() & embeddings.is_valid().to_numpy(zero_copy_only=False)
+    problems = []
+    for backend, threshold in IDENTITY_THRESHOLDS.items():
+        rows = valid & (clips["identity_backend"] == backend).to_numpy()
+        train = np.flatnonzero(rows & (clips["split"] == "train").to_numpy())
+        val = np.flatnonzero(rows & (clips["split"] == "val").to_numpy())
+        if not len(train) or not len(val):
+            continue
+        distances, closest = nearest(_embedding_rows(embeddings, val), _embedding_rows(embeddings, train))
+        for i in np.flatnonzero(distances < threshold):
+            clip, other = clips.iloc[val[i]], clips.iloc[train[closest[i]]]
+            problems.append(Problem(
+                "identity_leak", f"val clip {clip['key']} ({split_groups(clips.iloc[[val[i]]]).iloc[0]}) is "
+                f"{distances[i]:.2f} from the face of train clip {other['key']} in {other['shard']} "
+                f"(same person under {threshold} with {backend})",
+                _str_or_none(clip["shard"]), _str_or_none(clip["key"])))
+    return problems
+
+
+def _embedding_rows(embeddings: pa.ListArray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), D) float32 embeddings of those rows of the list column."""
+    picked = embeddings.take(pa.array(rows))
+    return np.asarray(picked.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(rows), -1)
 
 
 def check_split_leak(clips: pd.DataFrame, kept: pd.Series) -> list[Problem]:
@@ -357,8 +405,7 @@ class ShardReport:
     error: str | None = None  # unreadable or truncated: the listing stops there
     error_key: str | None = None
     problems: list[Problem] = field(default_factory=list)  # content problems (deep)
-    vector: RunningMoments = field(default_factory=RunningMoments)  # training-split vectors seen (deep)
-    audio_feat: RunningMoments = field(default_factory=RunningMoments)
+    moments: DatasetMoments = field(default_factory=DatasetMoments)  # training-split samples seen (deep)
     samples_read: int = 0
     train_samples_ok: int = 0  # training samples read without any problem, counted in the moments
 
@@ -374,15 +421,16 @@ class ExpectedSample:
         return self.split == "train"
 
 
-def list_shard(path: Path, report: ShardReport) -> None:
-    """Read the tar headers; a tar must end with its end-of-archive marker after the last member."""
-    if not path.is_file():
+def list_shard(path: str, report: ShardReport) -> None:
+    """Read the tar headers (seeking past the data); a tar must end with its end-of-archive
+    marker after the last member."""
+    size = storage.file_size(path)
+    if size is None:
         report.exists = False
         return
-    size = path.stat().st_size
     end = 0
     try:
-        with tarfile.open(path, "r:") as tar:
+        with storage.open_input(path) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
             for info in tar:
                 report.members.append(info.name)
                 end = info.offset_data + -(-info.size // TAR_BLOCK) * TAR_BLOCK
@@ -391,7 +439,7 @@ def list_shard(path: Path, report: ShardReport) -> None:
     except (tarfile.TarError, OSError, EOFError) as exc:
         report.error = f"truncated or unreadable: {exc}"
     else:
-        with path.open("rb") as handle:
+        with storage.open_input(path) as handle:
             handle.seek(end)
             marker = handle.read(2 * TAR_BLOCK)
         if len(marker) < 2 * TAR_BLOCK or marker.strip(b"\0"):
@@ -403,16 +451,29 @@ def list_shard(path: Path, report: ShardReport) -> None:
 
 def inspect_shard(path: str, expected: dict[str, ExpectedSample] | None) -> ShardReport:
     """List one shard, and with ``expected`` (deep mode) read and verify every sample in it."""
-    report = ShardReport(Path(path).name)
-    list_shard(Path(path), report)
+    report = ShardReport(path.rsplit("/", 1)[-1])
+    if storage.has_scheme(path) and storage.file_size(path) is not None:
+        # One sequential download: ranged reads would save bytes on S3 and GCS, but not every
+        # S3/GCS-compatible server answers them (the GCS emulator ignores Range and stalls).
+        with tempfile.TemporaryDirectory(prefix="th_audit_") as folder:
+            local = os.path.join(folder, report.name)
+            with storage.open_stream(path) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            return _inspect_local(local, expected, report)
+    return _inspect_local(path, expected, report)
+
+
+def _inspect_local(path: str, expected: dict[str, ExpectedSample] | None, report: ShardReport) -> ShardReport:
+    list_shard(path, report)
     if not expected or not report.exists:
         return report  # listing only, or no kept clip lives in this shard
     try:
-        for raw in iter_raw(path):
-            report.samples_read += 1
-            key = raw["__key__"]
-            if key in expected:
-                _check_sample(raw, expected[key], report)
+        with open(path, "rb") as stream:
+            for raw in iter_raw(stream):
+                report.samples_read += 1
+                key = raw["__key__"]
+                if key in expected:
+                    _check_sample(raw, expected[key], report)
     except (tarfile.TarError, OSError, EOFError) as exc:
         if report.error is None:
             report.error = f"truncated or unreadable: {exc}"
@@ -449,8 +510,7 @@ def _check_sample(raw: dict[str, Any], expected: ExpectedSample, report: ShardRe
         # The pipeline computes the statistics by the split its samples record.
         problem("meta_mismatch", f"sample says split {meta['split']!r}, the manifest {expected.split!r}")
     if expected.train and not any(p.key == key for p in report.problems):
-        report.vector.update(motion_to_vector(sample["motion"]))
-        report.audio_feat.update(sample["audio_feat"])
+        report.moments.add_sample(sample["motion"], sample["audio_feat"])
         report.train_samples_ok += 1
 
 
@@ -494,7 +554,7 @@ def check_shards(output: PipelineOutput, deep: bool = False, workers: int | None
     clips = output.clips
     kept = clips["kept"].fillna(False).astype(bool) & clips["shard"].notna() & clips["key"].notna()
     kept_rows = clips.loc[kept, ["clip_id", "shard", "key", "n_frames", "split"]]
-    present = sorted(p.name for p in output.shards_dir.glob("*.tar")) if output.shards_dir.is_dir() else []
+    present = storage.list_names(output.shards_dir, ".tar")
     names = sorted(set(kept_rows["shard"].astype(str)) | set(present))
     expected = _expected_samples(output, kept_rows, kept) if deep else {}
     reports = _run_per_shard(output.shards_dir, names, expected if deep else None, workers)
@@ -523,9 +583,9 @@ def _expected_samples(output: PipelineOutput, kept_rows: pd.DataFrame, kept: pd.
     return by_shard
 
 
-def _run_per_shard(folder: Path, names: list[str], expected: dict | None,
+def _run_per_shard(folder: str, names: list[str], expected: dict | None,
                    workers: int | None) -> list[ShardReport]:
-    tasks = [(str(folder / name), None if expected is None else expected.get(name, {}))
+    tasks = [(storage.join(folder, name), None if expected is None else expected.get(name, {}))
              for name in names]
     workers = workers or min(os.cpu_count() or 1, max(len(tasks), 1))
     if workers <= 1 or len(tasks) <= 1:
@@ -585,10 +645,10 @@ def compare_listings(reports: list[ShardReport], kept_rows: pd.DataFrame,
 
 def compare_stats(stats: dict | None, reports: Iterable[ShardReport]) -> list[Problem]:
     """Statistics recomputed from the training split's samples against ``stats.json``."""
-    vector, audio = RunningMoments(), RunningMoments()
+    moments = DatasetMoments()
     for report in reports:
-        vector.merge(report.vector)
-        audio.merge(report.audio_feat)
+        moments.merge(report.moments)
+    vector, audio = moments.vector, moments.audio_feat
     if stats is None or vector.n == 0:
         return []
     problems = []

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from manifests.schema import SCORE_COLUMNS
+from shards import storage
 
 Bounds = dict[str, float]  # {"min": x} and/or {"max": x}
 RETHRESHOLD_STAGE = "rethreshold"
@@ -264,13 +265,18 @@ def rethreshold(clips: pd.DataFrame, rules: Rules) -> Selection:
 
 def write_selection(clips_path: str | Path, selection: Selection, out_path: str | Path) -> None:
     """A copy of the clip manifest (same schema and metadata) with the new selection applied."""
-    table = pq.read_table(clips_path)
+    table = storage.read_parquet(str(clips_path))
     replacements = {"kept": pa.array(selection.kept, pa.bool_()),
                     "stage": pa.array(selection.stage, pa.string()),
                     "reason": pa.array(selection.reason, pa.string()),
                     "thresholds": pa.array(selection.thresholds, pa.string())}
     for name, column in replacements.items():
         table = table.set_column(table.schema.get_field_index(name), name, column)
+    if storage.has_scheme(str(out_path)):  # an object appears whole once uploaded
+        fs, path = storage.filesystem_for(str(out_path))
+        with fs.open_output_stream(path) as sink:
+            pq.write_table(table, sink)
+        return
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: split_group, crop_backend, identity_backend, face_embedding
 
 VIDEO_STATUS = ("ok", "failed")
 
@@ -65,7 +65,11 @@ CLIPS = pa.schema(
         ("stage", pa.string()),          # rejecting stage, null when kept
         ("reason", pa.string()),         # rejection reason, null when kept
         ("error", pa.string()),          # details of a rejection (the error text of a failure), else null
-        ("split", pa.string()),          # "train" | "val", by speaker or source video
+        ("split", pa.string()),          # "train" | "val", by split_group
+        ("split_group", pa.string()),    # speaker:<name> | face:<video id> (identity group) | video:<id>
+        ("crop_backend", pa.string()),   # landmarks that placed the LivePortrait crop, or detector_box
+        ("identity_backend", pa.string()),  # model of face_embedding, e.g. dlib_resnet128
+        ("face_embedding", pa.list_(pa.float32())),  # the clip's face identity embedding
     ]
     + [(name, pa.float64()) for name in SCORE_COLUMNS]
     + [

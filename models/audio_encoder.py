@@ -21,20 +21,32 @@ row sees real audio through it. Attention and the front end's group norm see onl
 windowed rows differ slightly from one pass over the whole clip (JoyVASA itself encodes 4 s
 training windows).
 
-The input is the raw waveform in [-1, 1] (JoyVASA does not normalise it); ``normalize=True``
-applies the zero-mean, unit-variance scaling of ``Wav2Vec2FeatureExtractor`` over the whole clip.
+Input scaling follows the checkpoint's ``preprocessor_config.json`` (``models.audio_inputs``):
+every array the model is given (one window with its context and edge padding) first goes through
+transformers' ``Wav2Vec2FeatureExtractor`` with the checkpoint's settings, so with
+``do_normalize`` each window is scaled to zero mean and unit variance on its own, exactly as the
+extractor scales the array it is handed. Per window rather than over the whole clip, because:
+the model then sees what its processor would have given it for that stretch of audio (wav2vec2's
+pretraining code, where it normalises, does so per utterance of seconds to ~35 s); a frame's
+features depend only on its window, not on audio minutes away or on the clip's length, so the
+short training clips (pipeline) and a long speech file at inference (``training.sample``, through
+this same class) are scaled alike; and nothing needs the whole clip in memory. The cost: a window
+of near silence is scaled up, as the extractor would scale it. (JoyVASA's public code feeds the
+raw waveform.)
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
 import torch
 from transformers import AutoConfig, AutoModel, HubertModel, PretrainedConfig, Wav2Vec2Config, Wav2Vec2Model
 
+from models.audio_inputs import feature_extractor_from, load_feature_extractor, settings_id, settings_of
 from models.weights import warn_random
 from shards.format import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
@@ -123,15 +135,18 @@ def _reflect_twice(samples: np.ndarray, side: str) -> np.ndarray:
 class AudioEncoder:
     """A wav2vec2/HuBERT encoder that turns a clip's audio into (T, D) frame features.
 
-    ``weights``: a checkpoint folder transformers can load (``config.json`` + weights; any
-    wav2vec2 or HuBERT, base or large, CTC heads ignored), or ``"random"`` for random weights of
-    ``random_config`` (default: the wav2vec2-base architecture; ``"small"`` for tests).
+    ``weights``: a checkpoint folder transformers can load (``config.json`` + weights +
+    ``preprocessor_config.json``; any wav2vec2 or HuBERT, base or large, CTC heads ignored), or
+    ``"random"`` for random weights of ``random_config`` (default: the wav2vec2-base architecture;
+    ``"small"`` for tests). ``preprocessor``: feature-extractor settings that replace the folder's
+    (e.g. the ones recorded with training features); random weights default to the extractor's
+    defaults, which are the official checkpoints' settings.
     """
 
     def __init__(self, weights: str | Path = "random", device: str | torch.device = "cpu",
                  random_config: str | PretrainedConfig | None = None, seed: int = 0,
-                 window_s: float = 20.0, context_s: float = 2.0, normalize: bool = False,
-                 dtype: torch.dtype | None = None):
+                 window_s: float = 20.0, context_s: float = 2.0,
+                 preprocessor: Mapping[str, Any] | None = None, dtype: torch.dtype | None = None):
         self.device = torch.device(device)
         self.random_weights = str(weights) == "random"
         if self.random_weights:
@@ -143,6 +158,7 @@ class AudioEncoder:
             warn_random(f"audio encoder {self.model_id}")
             warnings.warn(f"AudioEncoder uses RANDOM weights ({self.model_id}): its features are "
                           "meaningless; use them for tests and smoke runs only", stacklevel=2)
+            extractor = feature_extractor_from(preprocessor)
         else:
             folder = Path(weights)
             if not (folder / "config.json").is_file():
@@ -151,6 +167,8 @@ class AudioEncoder:
             config = AutoConfig.from_pretrained(folder, local_files_only=True)
             if config.model_type not in SUPPORTED_TYPES:
                 raise ValueError(f"{folder} holds a {config.model_type!r} model; supported: {SUPPORTED_TYPES}")
+            extractor = (load_feature_extractor(folder) if preprocessor is None
+                         else feature_extractor_from(preprocessor))
             model = AutoModel.from_pretrained(folder, local_files_only=True)
             self.model_id = folder.name
         if not isinstance(model, (Wav2Vec2Model, HubertModel)):
@@ -160,13 +178,20 @@ class AudioEncoder:
         self.dim = int(config.hidden_size)
         self.window_frames = max(1, round(window_s * FPS))
         self.context_frames = max(0, round(context_s * FPS))
-        self.normalize = bool(normalize)
+        self.feature_extractor = extractor
+        # What decides the model's input, recorded beside the model id in manifests and shards.
+        self.input_settings = {**settings_of(extractor), "normalized_over": "window"}
+        self.input_id = settings_id(self.input_settings)
 
     @torch.inference_mode()
     def _hidden_states(self, samples: np.ndarray) -> np.ndarray:
-        """(n_tokens, D) float32 last hidden states for one padded window."""
-        x = torch.from_numpy(np.ascontiguousarray(samples)).to(self.device, self.dtype)[None]
-        return self.model(x).last_hidden_state[0].float().cpu().numpy()
+        """(n_tokens, D) float32 last hidden states for one padded window, fed through the
+        checkpoint's feature extractor exactly as its processor would feed it."""
+        inputs = self.feature_extractor(samples, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        x = inputs["input_values"].to(self.device, self.dtype)
+        mask = inputs.get("attention_mask")
+        mask = None if mask is None else mask.to(self.device)
+        return self.model(x, attention_mask=mask).last_hidden_state[0].float().cpu().numpy()
 
     def iter_encode(self, audio: np.ndarray, n_frames: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_frame, rows)`` window by window; the rows of all windows cover [0, n_frames)."""
@@ -178,8 +203,6 @@ class AudioEncoder:
         if n_frames == 0:
             return
         audio = fit_to_frames(audio, n_frames)
-        if self.normalize:
-            audio = (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
         head, tail = _reflect_twice(audio, "left"), _reflect_twice(audio, "right")
         for first in range(0, n_frames, self.window_frames):
             last = min(first + self.window_frames, n_frames)

@@ -133,7 +133,7 @@ class LipTower2d(nn.Module):
     Its first Conv3d spans the whole 5-frame window (no temporal padding), so every later layer
     sees a single time step and each 3D layer equals a 2D one: the same embeddings within 1e-5.
     ONNX Runtime's blocked (NCHWc) convolution kernels cover 2D convolutions only, so this form
-    runs 1.2x faster there (33.5 vs 27.5 windows/s on one thread); eager PyTorch gains nothing.
+    runs faster there than the 3D one; eager PyTorch gains nothing.
     """
 
     def __init__(self, model: SyncNet):
@@ -158,8 +158,8 @@ class AudioTower(nn.Module):
 
 
 class SyncNetOnnxCpu:
-    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, 1.4x the frames/s
-    of eager on one thread (bench/models.py; the lip tower exported as :class:`LipTower2d`)."""
+    """SyncNet's two towers on ONNX Runtime (CPU): same embeddings within 1e-5, faster than eager
+    (bench/models.py; the lip tower exported as :class:`LipTower2d`)."""
 
     device = torch.device("cpu")
     dtype = torch.float32

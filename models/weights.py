@@ -37,6 +37,8 @@ URL_TIMEOUT_S = float(os.environ.get("TH_WEIGHTS_URL_TIMEOUT", "30"))
 
 # What an audio-encoder folder must hold for transformers to load it.
 FOLDER_CONFIG = "config.json"
+# The model's architecture, and the feature extractor's settings that decide its input (models.audio_inputs).
+FOLDER_CONFIGS = (FOLDER_CONFIG, "preprocessor_config.json")
 FOLDER_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 FOLDER_ALLOW_PATTERNS = ["*.json", "*.txt", "model.safetensors", "pytorch_model.bin"]
 
@@ -64,6 +66,36 @@ class WeightFile:
     note: str = ""
 
 
+def liveportrait_renderer_file(name: str, path: str, size: int | None = None,
+                               sha256: str | None = None) -> WeightFile:
+    """A renderer file of the LivePortrait repository on Hugging Face (used by ``training.animate``)."""
+    return WeightFile(
+        name=name, kind="file", path=path, hf_repo="KwaiVGI/LivePortrait",
+        source=f"https://huggingface.co/KwaiVGI/LivePortrait ({path})", size=size, sha256=sha256,
+        licence="MIT (LivePortrait code and weights, as stated on the model card)",
+        required_by=("renderer",), optional=True,
+        note=("sha256 is the Git LFS object id of the published file" if sha256 else
+              "size and sha256 not recorded here: verify checks existence, the loader checks every key"))
+
+
+# The renderer's files (training.animate). Animals: the same architectures, JoyVASA's folder,
+# with the human stitching module; LivePortrait itself now defaults to base_models_v1.1.
+RENDERER_FILES = [
+    liveportrait_renderer_file("liveportrait_appearance_feature_extractor",
+                               "liveportrait/base_models/appearance_feature_extractor.pth", 3_387_959,
+                               "5279bb8654293dbdf327030b397f107237dd9212fb11dd75b83dfb635211ceb5"),
+    liveportrait_renderer_file("liveportrait_warping_module", "liveportrait/base_models/warping_module.pth",
+                               182_180_086, "2f61a6f265fe344f14132364859a78bdbbc2068577170693da57fb96d636e282"),
+    liveportrait_renderer_file("liveportrait_spade_generator", "liveportrait/base_models/spade_generator.pth",
+                               221_813_590, "4780afc7909a9f84e24c01d73b31a555ef651521a1fe3b2429bd04534d992aee"),
+    liveportrait_renderer_file("liveportrait_stitching_retargeting_module",
+                               "liveportrait/retargeting_models/stitching_retargeting_module.pth", 2_393_098,
+                               "3652d5a3f95099141a56986aaddec92fadf0a73c87a20fac9a2c07c32b28b611"),
+    *(liveportrait_renderer_file(f"liveportrait_animals_{part}", f"liveportrait_animals/base_models/{part}.pth")
+      for part in ("motion_extractor", "appearance_feature_extractor", "warping_module", "spade_generator")),
+]
+
+
 REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
     WeightFile(
         name="liveportrait_motion_extractor",
@@ -78,6 +110,7 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         optional=False,
         note="sha256 is the Git LFS object id of the published file",
     ),
+    *RENDERER_FILES,
     WeightFile(
         name="syncnet_v2",
         kind="file",
@@ -137,6 +170,29 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         required_by=("pipeline", "trainer"),
         optional=True,
         note="English audio encoder alternative; folder with config.json + weights",
+    ),
+    WeightFile(
+        name="amt_s",
+        kind="file",
+        path="amt/amt-s.pth",
+        source="https://huggingface.co/lalala125/AMT (amt-s.pth, as VBench's pretrained/amt_model/download.sh fetches it)",
+        hf_repo="lalala125/AMT",
+        licence="see MCG-NKU/AMT's licence (code and weights)",
+        required_by=("trainer",),  # training.benchmark
+        optional=True,
+        note="VBench's motion_smoothness interpolator; a checkpoint dict whose 'state_dict' is loaded strictly",
+    ),
+    WeightFile(
+        name="i3d_torchscript",
+        kind="file",
+        path="fvd/i3d_torchscript.pt",
+        source="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's TorchScript port "
+               "of TF-Hub's Kinetics-400 I3D)",
+        url="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
+        licence="Apache-2.0 (TF-Hub i3d-kinetics-400); StyleGAN-V port",
+        required_by=("trainer",),  # training.benchmark
+        optional=True,
+        note="FVD's feature network (400-d logits)",
     ),
     WeightFile(
         name="qalign_one_align",
@@ -205,11 +261,11 @@ def check(name: str, weights_dir: str | Path | None = None, hash_files: bool = T
         if not path.is_dir():
             return Check(name, "incomplete", path, "not a folder")
         if w.kind == "folder":
-            has_config = (path / FOLDER_CONFIG).is_file()
+            has_config = all((path / f).is_file() for f in FOLDER_CONFIGS)
             has_weights = any((path / f).is_file() for f in FOLDER_WEIGHT_FILES)
             if not (has_config and has_weights):
                 return Check(name, "incomplete", path,
-                             f"needs {FOLDER_CONFIG} and one of {', '.join(FOLDER_WEIGHT_FILES)}")
+                             f"needs {' and '.join(FOLDER_CONFIGS)} and one of {', '.join(FOLDER_WEIGHT_FILES)}")
         return Check(name, "ok", path)
     if not path.is_file():
         return Check(name, "missing", path, "not a file")

@@ -34,6 +34,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
 from configs import load_config, save_config, to_dict  # noqa: E402
+from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, RayAddressError,  # noqa: E402
+                                 address_from_environment, join_cluster, start_local)
 from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from pipeline.media import media_available, media_dir  # noqa: E402
@@ -41,7 +43,7 @@ from pipeline.outdir import OutputDir, done_name  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
-from pipeline.stats import compute_stats  # noqa: E402
+from pipeline.stats import merged_stats  # noqa: E402
 from shards.stats import STATS_FILE  # noqa: E402
 from models.weights import MissingWeightsError, require, warn_random  # noqa: E402
 
@@ -128,23 +130,26 @@ def check_weights(cfg: DictConfig) -> None:
 
 
 def start_ray(cfg: DictConfig) -> bool:
-    """Join the cluster named by --address or RAY_ADDRESS, or start a local Ray; returns whether
-    this call connected (a process that already called ``ray.init`` keeps its own session)."""
+    """Join the cluster named by --address or RAY_ADDRESS, or start a new local Ray (never the
+    cluster the machine last recorded); returns whether this call connected (a process that
+    already called ``ray.init`` keeps its own session). A cluster that does not answer within
+    ``ray.connect_timeout_s`` is RayAddressError."""
     import ray
 
     if ray.is_initialized():
         return False
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    timeout_s = float(cfg.ray.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S))
     if cfg.ray.address:  # the cluster's workers get this process's object-store endpoints, not credentials
-        ray.init(address=cfg.ray.address, log_to_driver=True,
-                 runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
-                              "env_vars": endpoint_settings()})
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)  # inside `ray job submit`: the job's working dir is already set
+        join_cluster(cfg.ray.address, timeout_s, "--address / ray.address", log_to_driver=True,
+                     runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES,
+                                  "env_vars": endpoint_settings()})
+    elif address_from_environment():  # inside `ray job submit`: the job's working dir is already set
+        join_cluster(None, timeout_s, ADDRESS_ENV, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
-                 log_to_driver=True, _temp_dir=cfg.ray.temp_dir,
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+        start_local(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus, include_dashboard=False,
+                    log_to_driver=True, _temp_dir=cfg.ray.temp_dir,
+                    runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     return True
 
 
@@ -214,6 +219,9 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     this_run: dict[str, Any] = {}
     try:
         this_run["cluster"] = cluster_info(cfg)
+        from pipeline.identity import identity_groups  # before the pools: the split needs every face
+
+        identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos])
         cpu, model, models = start_pools(cfg, PoolSizes(**this_run["cluster"]["pools"]))
         this_run["startup_s"] = time.monotonic() - started
         meta: list[RunMeta] = []  # filled once the model workers are up
@@ -225,7 +233,8 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
 
             if not meta:
                 meta.append(run_meta(cfg, models()))
-            done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg)
+            done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg,
+                               identities)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
 
         try:
@@ -241,14 +250,18 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     return this_run
 
 
-def audio_encoder_record(cfg: DictConfig) -> dict[str, Any]:
-    """Which encoder made the audio features, so a checkpoint trained on them can encode new speech."""
+def audio_encoder_record(cfg: DictConfig, model_id: str | None = None) -> dict[str, Any]:
+    """Which encoder made the audio features, and with which input settings (in ``model_id``), so a
+    checkpoint trained on them encodes new speech the same way."""
     enc = cfg.models.audio_encoder
     if cfg.weights.random:
         weights = "random" + (f":{enc.random_config}" if enc.random_config else "")
     else:
         weights = str(enc.weights) if enc.weights else None
-    return {"name": str(enc.name), "weights": weights}
+    record = {"name": str(enc.name), "weights": weights}
+    if model_id:
+        record["model_id"] = model_id
+    return record
 
 
 def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float,
@@ -258,10 +271,14 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
             if out.exists(done_name(c.index))}
     videos, clips = consolidate(out, sorted(done))
     kept = clips.filter(clips.column("kept"))
-    train_shards = [s for s, split in zip(kept.column("shard").to_pylist(), kept.column("split").to_pylist())
-                    if split == "train"]
-    stats = compute_stats(out, train_shards)
-    stats["audio_feat"]["encoder"] = audio_encoder_record(cfg)
+    train_shards: dict[int, list[str]] = {}
+    for shard, split, chunk in zip(kept.column("shard").to_pylist(), kept.column("split").to_pylist(),
+                                   kept.column("chunk").to_pylist()):
+        if split == "train":
+            train_shards.setdefault(chunk, []).append(shard)
+    stats = merged_stats(out, done, train_shards)
+    first = next(iter(done.values()), {})
+    stats["audio_feat"]["encoder"] = audio_encoder_record(cfg, first.get("model_ids", {}).get("audio_features"))
     out.write_bytes(STATS_FILE, json.dumps(stats).encode())
     save_config(cfg, out.local_path(CONFIG_FILE))
     out.publish(CONFIG_FILE)
@@ -275,7 +292,6 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
         frames.update(d["stage_frames"])
         rejections.update(d["clip_rejections"])
         failures.update(d["video_failures"])
-    first = next(iter(done.values()), {})
     run = {
         "format_version": 1,
         "config": to_dict(cfg),
@@ -360,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("Q-Align has no random-weights mode: fetch it, or score quality with an offline "
                       "pyiqa metric, e.g. filters.quality.metric=piqe filters.quality.threshold=60")
         return 2
-    except SizingError as exc:
+    except (SizingError, RayAddressError) as exc:
         log.error("%s", exc)
         return 2
     return 0

@@ -1,14 +1,17 @@
 """Finish one chunk: its shards, its manifest parts and, last, its done file.
 
 Clips are written in a fixed order (source, then span), so a chunk redone after a crash gives the
-same shards byte for byte. The done file is written only once everything else is in place: a
-chunk without it is redone from scratch by the next run, and anything it left is replaced.
+same shards byte for byte. Each kept clip's moments (``shards.stats``) are computed from the
+arrays as written and stored in ``moments/chunk-NNNNNN.parquet``; the merged moments of the chunk's
+training clips go into the done file, so the run's statistics never read a shard back. The done
+file is written only once everything else is in place: a chunk without it is redone from scratch
+by the next run, and anything it left is replaced.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -17,7 +20,8 @@ from pipeline.manifest_writer import RunMeta, clip_row, video_row, write_parts
 from pipeline.outdir import SHARDS, OutputDir, done_name
 from pipeline.stages.base import error_text
 from shards.format import FPS, SHARD_NAME_RE, int16_samples
-from shards.split import split_of
+from shards.split import TRAIN, assign_split, split_group
+from shards.stats import DatasetMoments, moments_name, moments_table
 from shards.writer import ShardWriter
 
 
@@ -44,28 +48,36 @@ def sample_meta(clip: Clip, split: str, meta: RunMeta) -> dict[str, Any]:
 
 
 def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip],
-                fetch: Callable[[Clip], Clip], meta: RunMeta, cfg) -> dict[str, Any]:
-    """Write the chunk's outputs; ``fetch(summary)`` returns a kept clip's full record (arrays)."""
+                fetch: Callable[[Clip], Clip], meta: RunMeta, cfg,
+                identities: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Write the chunk's outputs; ``fetch(summary)`` returns a kept clip's full record (arrays).
+    ``identities``: video id -> identity group (``pipeline.identity``), which splits the videos
+    without a speaker; without one, such a video is its own group."""
     clear_chunk_shards(out, chunk)
     val_fraction = float(cfg["split"]["val_fraction"])
     clips = sorted(clips, key=lambda c: (c.source, c.start_s, c.end_s))
     rows = []
+    moments: list[tuple[dict[str, str], DatasetMoments]] = []
     writer = ShardWriter(out.local_path(SHARDS), chunk, int(float(cfg["work"]["shard_target_mb"]) * 2**20))
     with writer:
         for clip in clips:
-            split = split_of(clip.speaker, clip.video_id, val_fraction)
+            group = split_group(clip.speaker, clip.video_id, (identities or {}).get(clip.video_id))
+            split = assign_split(group, val_fraction)
             if not clip.kept:
-                rows.append(clip_row(clip, split, meta))
+                rows.append(clip_row(clip, split, meta, split_group=group))
                 continue
             try:
                 full = fetch(clip)
+                clip_moments = DatasetMoments.of_clip(full.motion, full.audio_feat)
                 shard, hashes = writer.write(clip.clip_id, full.motion, full.audio_feat,
                                              int16_samples(full.audio), sample_meta(full, split, meta))
             except Exception as exc:  # noqa: BLE001 - a clip that cannot be written is rejected
                 clip.reject("write", "invalid_sample", error_text(exc))
-                rows.append(clip_row(clip, split, meta))
+                rows.append(clip_row(clip, split, meta, split_group=group))
                 continue
-            rows.append(clip_row(clip, split, meta, shard, hashes))
+            rows.append(clip_row(clip, split, meta, shard, hashes, split_group=group))
+            moments.append(({"shard": shard, "key": clip.clip_id, "split": split,
+                             "dataset": clip.dataset}, clip_moments))
     for name in writer.written:
         out.publish(f"{SHARDS}/{name}")
 
@@ -75,8 +87,15 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
     videos = sorted(videos, key=lambda v: v.source)
     write_parts(out, chunk, [video_row(v, by_video.get(v.video_id, [])) for v in videos], rows)
 
+    out.write_parquet(moments_name(chunk), moments_table(moments))
+    train_moments = DatasetMoments()
+    for labels, clip_moments in moments:
+        if labels["split"] == TRAIN:
+            train_moments.merge(clip_moments)
+
     done = {**chunk_stats(chunk, videos, clips, writer.written), "model_ids": meta.model_ids,
-            "weight_hashes": meta.weight_hashes, "random_weights": meta.random_weights}
+            "weight_hashes": meta.weight_hashes, "random_weights": meta.random_weights,
+            "train_moments": train_moments.to_dict()}
     out.write_bytes(done_name(chunk), json.dumps(done, indent=1, sort_keys=True).encode())
     return done
 

@@ -64,6 +64,9 @@ class Clip:
     sync_crops: np.ndarray | None = None     # (T, 224, 224, 3) uint8 RGB, whole-face crop
     motion: dict[str, np.ndarray] | None = None  # raw motion-extractor outputs, (T, ...)
     audio_feat: np.ndarray | None = None     # (T, D) float32
+    crop_backend: str | None = None          # what placed the LivePortrait crop (pipeline.faces)
+    face_embedding: np.ndarray | None = None  # (D,) float32 identity embedding of the clip's face
+    identity_backend: str | None = None      # the model that made it (models.face_identity)
     scores: dict[str, float] = field(default_factory=dict)  # SCORE_COLUMNS without "score_"
     rejection: Rejection | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage

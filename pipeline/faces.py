@@ -20,10 +20,16 @@ result holds only boxes.
 Crops (both work chunk by chunk: pass ``track.slice(start, stop)`` with each chunk):
 
 * ``crop_liveportrait``: ONE square box for the whole clip, as LivePortrait crops a driving video:
-  each frame's box is a square of side ``scale`` x face size around the face centre, moved by
-  ``vy_ratio`` x that side (negative is up), the per-frame boxes are averaged over the clip, the
-  frame is cut to 512 px with black outside the frame, then resized to 256. LivePortrait measures
-  the face on its 203 landmarks; here the detector box stands in for the landmark extent.
+  each frame's box comes from the face's landmarks (``shards.crop.driving_box``: scale 2.2, moved
+  up by 0.1 x its side along the face's axis, left axis-aligned), the per-frame boxes are averaged
+  over the clip, the frame is cut to 512 px with black outside the frame, then resized to 256.
+  Landmarks (``models.face_landmarks``; dlib's 68 points by default) are taken on every
+  ``landmark_every``-th sampled frame of each track, on the detector's box; the frames between
+  get boxes interpolated linearly (held at the clip's ends) before the average, so every frame
+  counts once as in LivePortrait. ``TrackResult.crop_backend`` names the landmark backend that
+  made the box. Without landmarks (``landmarks: none``, or a dominant track seen on no landmarked
+  sample) the detector box stands in for the landmark extent: a square of ``scale`` x its side
+  around its centre, moved up by ``vy_ratio`` x that side (``crop_backend`` ``detector_box``).
 * ``crop_syncnet``: per-frame whole-face crops for SyncNet, cut as syncnet_python's ``crop_video``
   does around its smoothed face track: with ``bs`` half the box side and ``cs`` the crop scale 0.4,
   the crop spans ``bs * (1 + cs)`` either side of the centre horizontally and from ``bs`` above to
@@ -43,16 +49,19 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from models.face_detectors import make_detector
+from models.face_landmarks import LandmarkBackend, make_landmarks
+from shards.crop import CROP_SIZE, DRIVING_SCALE, DRIVING_VY_RATIO, driving_box
 
 REASONS = ("no_face", "multiple_faces", "face_too_small", "track_lost")
 
-LIVEPORTRAIT_SCALE = 2.2      # LivePortrait's scale_crop_driving_video
-LIVEPORTRAIT_VY_RATIO = -0.1  # LivePortrait's vy_ratio_crop_driving_video
-LIVEPORTRAIT_CROP = 512       # LivePortrait cuts driving frames at this size ...
+LIVEPORTRAIT_SCALE = DRIVING_SCALE       # LivePortrait's scale_crop_driving_video
+LIVEPORTRAIT_VY_RATIO = DRIVING_VY_RATIO  # LivePortrait's vy_ratio_crop_driving_video
+LIVEPORTRAIT_CROP = CROP_SIZE             # LivePortrait cuts driving frames at this size ...
 LIVEPORTRAIT_SIZE = 256       # ... and the motion extractor reads them at this one
 SYNCNET_CROP_SCALE = 0.4      # syncnet_python's --crop_scale
 SYNCNET_PAD_VALUE = 110       # syncnet_python pads frames with this grey
 SYNCNET_SIZE = 224
+DETECTOR_BOX = "detector_box"  # crop_backend of a clip cropped from the detector box (no landmarks)
 
 
 @dataclass
@@ -63,7 +72,9 @@ class TrackResult:
     ``n_faces_max``: most faces that count (the dominant one and comparable, persistent others)
     seen together in one sampled frame. ``face_size``: median side (max of width, height) of the
     dominant face's detections, pixels. ``clip_face``: (cx, cy, side) averaged over all T frames,
-    which fixes the LivePortrait box; a ``slice`` keeps it so chunked crops share one box.
+    which fixes the LivePortrait box when there are no landmarks; ``crop_box``: the clip's
+    LivePortrait box ``x1, y1, x2, y2`` from landmarks (NaN without), ``crop_backend`` the backend
+    that made it (or ``detector_box``). A ``slice`` keeps both, so chunked crops share one box.
     """
 
     ok: bool
@@ -77,6 +88,9 @@ class TrackResult:
     longest_gap: int = 0                 # longest run of frames without a dominant-face detection
     n_tracks: int = 0                    # tracks that persisted (min_track_share)
     clip_face: np.ndarray = field(default_factory=lambda: np.full(3, np.nan, np.float32))
+    crop_box: np.ndarray = field(default_factory=lambda: np.full(4, np.nan, np.float64))
+    crop_backend: str = DETECTOR_BOX
+    landmarked_frames: int = 0           # frames of the dominant track with landmarks
 
     def slice(self, start: int, stop: int) -> TrackResult:
         """The same track restricted to frames [start, stop), for cropping one decoded chunk."""
@@ -92,6 +106,8 @@ class _Track:
     samples: list[int] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
+    landmark_frames: list[int] = field(default_factory=list)
+    landmark_boxes: list[np.ndarray] = field(default_factory=list)  # driving_box of each
 
     def sides(self) -> np.ndarray:
         b = np.asarray(self.boxes)
@@ -149,6 +165,9 @@ class FaceTracker:
 
     ``detector_options`` go to the backend (``HaarDetector`` or ``ScrfdDetector``); ``weights`` is
     an explicit ``det_10g.onnx`` path for the insightface backend (else the weights registry).
+    ``landmarks`` names the landmark backend (``dlib``, ``insightface`` or ``none``), with
+    ``landmark_weights`` an explicit file for it; landmarks are taken on every
+    ``landmark_every``-th sampled frame.
     """
 
     def __init__(self, backend: str = "haar", min_face: float = 64.0, detect_every: int = 3,
@@ -156,12 +175,16 @@ class FaceTracker:
                  multiple_area_ratio: float = 0.5, multiple_share: float = 0.5,
                  max_lost_fraction: float = 0.3, max_gap_frames: int = 50, smooth_frames: int = 13,
                  full_scan_every: int = 8, weights: str | Path | None = None, weights_dir: str | Path | None = None,
-                 detector_options: dict | None = None):
-        if detect_every < 1 or full_scan_every < 1:
-            raise ValueError(f"detect_every and full_scan_every must be >= 1, got {detect_every}, {full_scan_every}")
+                 detector_options: dict | None = None, landmarks: str = "dlib", landmark_every: int = 2,
+                 landmark_weights: str | Path | None = None):
+        if detect_every < 1 or full_scan_every < 1 or landmark_every < 1:
+            raise ValueError(f"detect_every, full_scan_every and landmark_every must be >= 1, got "
+                             f"{detect_every}, {full_scan_every}, {landmark_every}")
         self.backend = backend
         self.detector = make_detector(backend, weights=weights, weights_dir=weights_dir,
                                       **dict(detector_options or {}))
+        self.landmarker: LandmarkBackend | None = make_landmarks(landmarks, landmark_weights, weights_dir)
+        self.landmark_every = int(landmark_every)
         self.min_face = float(min_face)
         self.detect_every = int(detect_every)
         self.iou_threshold = float(iou_threshold)
@@ -196,17 +219,26 @@ class FaceTracker:
                 active = [t for t in active if frame_index - t.frames[-1] <= self.max_gap_frames]
                 dets = _drop_nested(self.detector.detect(chunk[offset], self._min_side(active, n_samples)))
                 active += self._link(active, dets, n_samples, frame_index)
+                if self.landmarker is not None and n_samples % self.landmark_every == 0:
+                    self._add_landmarks(chunk[offset], [t for t in active if t.frames[-1] == frame_index])
                 n_samples += 1
             n_frames += len(chunk)
         if frame_size is None:
             raise ValueError("no frames to track")
         return finished + active, n_samples, n_frames, (int(frame_size[0]), int(frame_size[1]))
 
+    def _add_landmarks(self, frame: np.ndarray, tracks: list[_Track]) -> None:
+        """Each track's driving-video box from landmarks on its detection in this frame."""
+        for track in tracks:
+            points = self.landmarker.landmarks(frame, track.boxes[-1])
+            track.landmark_frames.append(track.frames[-1])
+            track.landmark_boxes.append(driving_box(points))
+
     def _min_side(self, active: list[_Track], sample: int) -> float:
         """The smallest face worth finding in this sample: ``scan_side_ratio`` of the smallest face
         seen in the last sample, so every face comparable to a tracked one is still found while a
-        cascade skips the small scales where it spends most of its time (2.8x faster on the sample
-        clips, the same boxes); 0 (every size) on every ``full_scan_every``-th sample and whenever
+        cascade skips the small scales where it spends most of its time (the same boxes, a test
+        checks); 0 (every size) on every ``full_scan_every``-th sample and whenever
         the last sample had no face."""
         if sample % self.full_scan_every == 0:
             return 0.0
@@ -276,10 +308,15 @@ class FaceTracker:
         else:
             reason = None
         boxes = self._smooth_boxes(dominant, n_frames)
+        landmarked = bool(dominant.landmark_frames)
         return TrackResult(ok=reason is None, reason=reason, boxes=boxes, n_faces_max=int(n_faces_max),
                            face_size=face_size, n_frames=n_frames, frame_size=frame_size,
                            detected_fraction=float(detected_fraction), longest_gap=longest_gap,
-                           n_tracks=len(persistent), clip_face=clip_face(boxes))
+                           n_tracks=len(persistent), clip_face=clip_face(boxes),
+                           crop_box=landmark_clip_box(dominant.landmark_frames, dominant.landmark_boxes, n_frames)
+                           if landmarked else np.full(4, np.nan),
+                           crop_backend=self.landmarker.name if landmarked else DETECTOR_BOX,
+                           landmarked_frames=len(dominant.landmark_frames))
 
     def _smooth_boxes(self, track: _Track, n_frames: int) -> np.ndarray:
         """Centre and size interpolated to every frame (held at the ends), then median-filtered."""
@@ -293,6 +330,15 @@ class FaceTracker:
             series = median_filter(series, size=(self.smooth_frames, 1), mode="nearest")
         cx, cy, w, h = series.T
         return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+
+
+def landmark_clip_box(frames: list[int], boxes: list[np.ndarray], n_frames: int) -> np.ndarray:
+    """The clip's box: per-frame landmark boxes, interpolated to every frame (held at the ends),
+    averaged over the clip as LivePortrait averages its per-frame boxes."""
+    known = np.asarray(boxes, np.float64).reshape(-1, 4)
+    every = np.arange(n_frames)
+    series = np.stack([np.interp(every, frames, known[:, k]) for k in range(4)], axis=1)
+    return series.mean(axis=0)
 
 
 def clip_face(boxes: np.ndarray) -> np.ndarray:
@@ -309,7 +355,10 @@ def clip_face(boxes: np.ndarray) -> np.ndarray:
 
 def liveportrait_box(track: TrackResult, scale: float = LIVEPORTRAIT_SCALE,
                      vy_ratio: float = LIVEPORTRAIT_VY_RATIO) -> np.ndarray:
-    """The clip's crop box ``x1, y1, x2, y2``: side ``scale * face``, centre moved by ``vy_ratio * side``."""
+    """The clip's crop box ``x1, y1, x2, y2``: the landmark box when the track has one, else from the
+    detector box: side ``scale * face``, centre moved by ``vy_ratio * side``."""
+    if np.isfinite(track.crop_box).all():
+        return np.asarray(track.crop_box, np.float32)
     cx, cy, face = (float(v) for v in track.clip_face)
     if not np.isfinite([cx, cy, face]).all():
         raise ValueError(f"no face track to crop from (reason: {track.reason})")

@@ -26,11 +26,17 @@ import uuid
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from shards import storage
+from shards.storage import (  # noqa: F401 - re-exported for the job's modules
+    GCS_ENDPOINT_VAR, S3_ENDPOINT_VARS, S3_REGION_VARS, StorageError, endpoint_settings, has_scheme,
+    s3_endpoint)
+from shards.storage import uri_prefix as _uri_prefix
 
 log = logging.getLogger(__name__)
 
@@ -59,89 +65,15 @@ class InputVideo:
 
 
 # ---------------------------------------------------------------------------------------------
-# URIs and filesystems
-
-
-def has_scheme(source: str) -> bool:
-    """True for ``scheme://...`` URIs (s3, gs, file, ...); plain paths have none."""
-    return "://" in source
-
-
-# Where S3 requests go when set, first one wins (the AWS SDKs' names), and the region to sign with.
-S3_ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-S3_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION")
-# Where gs:// requests go when set (Google's client libraries' name): a GCS emulator or gateway.
-GCS_ENDPOINT_VAR = "STORAGE_EMULATOR_HOST"
+# URIs and filesystems: ``shards.storage``, shared with the audit and the trainer
 
 
 def filesystem_for(source: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem holding ``source`` and the path inside it.
-
-    Plain paths (relative ones against the working directory) use the local filesystem.
-    """
-    if has_scheme(source):
-        try:
-            scheme = source.split("://", 1)[0].lower()
-            if scheme == "s3" and s3_endpoint():
-                return _s3_endpoint_filesystem(source)
-            if scheme in ("gs", "gcs") and os.environ.get(GCS_ENDPOINT_VAR):
-                return _gcs_endpoint_filesystem(source)
-            return pafs.FileSystem.from_uri(source)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise InputError(f"cannot open filesystem for {source!r}: {exc}") from exc
-    return pafs.LocalFileSystem(), os.path.abspath(source)
-
-
-def s3_endpoint() -> str | None:
-    """The S3 endpoint URL set in the environment (``AWS_ENDPOINT_URL_S3`` before
-    ``AWS_ENDPOINT_URL``), or None for AWS itself."""
-    return next((os.environ[v] for v in S3_ENDPOINT_VARS if os.environ.get(v)), None)
-
-
-def endpoint_settings() -> dict[str, str]:
-    """The endpoint and region variables that are set, for Ray workers that do not inherit this
-    process's environment (nodes of a cluster joined with ``--address``)."""
-    return {v: os.environ[v] for v in (*S3_ENDPOINT_VARS, *S3_REGION_VARS, GCS_ENDPOINT_VAR) if os.environ.get(v)}
-
-
-def _s3_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
-    """An S3 filesystem for an S3-compatible store (MinIO, Ceph, moto, ...) at ``s3_endpoint()``.
-
-    Why: pyarrow's ``S3FileSystem()`` ignores the endpoint variables (apache/arrow#49643) and
-    whether ``FileSystem.from_uri`` honours them depends on the pyarrow build, so requests
-    could go to AWS. Credentials still come from pyarrow's default chain (``AWS_ACCESS_KEY_ID``, ...).
-    The path is ``bucket/key``, as ``from_uri`` returns it.
-    """
-    host, scheme = _host_and_scheme(s3_endpoint(), default_scheme="https")
-    region = next((os.environ[v] for v in S3_REGION_VARS if os.environ.get(v)), "us-east-1")
-    return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region), _bucket_path(source)
-
-
-def _gcs_endpoint_filesystem(source: str) -> tuple[pafs.FileSystem, str]:
-    """A GCS filesystem for the endpoint in ``STORAGE_EMULATOR_HOST`` (an emulator, or a gateway
-    that needs no Google credentials), which ``FileSystem.from_uri`` ignores: requests would go
-    to Google and fail for want of an OAuth token."""
-    host, scheme = _host_and_scheme(os.environ[GCS_ENDPOINT_VAR], default_scheme="http")
-    return pafs.GcsFileSystem(endpoint_override=host, scheme=scheme, anonymous=True), _bucket_path(source)
-
-
-def _host_and_scheme(url: str, default_scheme: str) -> tuple[str, str]:
-    """``host:port`` and ``http``/``https`` of an endpoint URL (``default_scheme`` when it has none)."""
-    parts = urlsplit(url if "://" in url else f"{default_scheme}://{url}")
-    return parts.netloc, parts.scheme.lower()
-
-
-def _bucket_path(source: str) -> str:
-    """``bucket/key`` of an object store URI, as ``FileSystem.from_uri`` returns it."""
-    return unquote(source.split("://", 1)[1].split("?", 1)[0]).rstrip("/")
-
-
-def _uri_prefix(source: str) -> str:
-    """What to put before a filesystem path to name it again: ``s3://`` for S3, nothing locally."""
-    if not has_scheme(source):
-        return ""
-    scheme = source.split("://", 1)[0].lower()
-    return "" if scheme == "file" else scheme + "://"
+    """``shards.storage.filesystem_for``, failing with an ``InputError`` for the job's inputs."""
+    try:
+        return storage.filesystem_for(source)
+    except StorageError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def normalise_uri(source: str) -> str:

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
@@ -49,7 +50,7 @@ def video_row(video: Clip, clips: list[Clip]) -> dict[str, Any]:
 
 
 def clip_row(clip: Clip, split: str, meta: RunMeta, shard: str | None = None,
-             member_hashes: dict[str, str] | None = None) -> dict[str, Any]:
+             member_hashes: dict[str, str] | None = None, split_group: str | None = None) -> dict[str, Any]:
     rejection = clip.rejection
     row = {
         "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.source,
@@ -60,6 +61,10 @@ def clip_row(clip: Clip, split: str, meta: RunMeta, shard: str | None = None,
         "reason": rejection.reason if rejection else None,
         "error": rejection.error if rejection else None,
         "split": split,
+        "split_group": split_group,
+        "crop_backend": clip.crop_backend,
+        "identity_backend": clip.identity_backend,
+        "face_embedding": None if clip.face_embedding is None else np.asarray(clip.face_embedding, np.float32),
         "thresholds": json.dumps(meta.thresholds, sort_keys=True),
         "model_ids": json.dumps(meta.model_ids, sort_keys=True),
         "weight_hashes": json.dumps(meta.weight_hashes, sort_keys=True),
@@ -84,12 +89,22 @@ def write_parts(out: OutputDir, chunk: int, video_rows: list[dict], clip_rows: l
     out.write_parquet(part_name(chunk, "clips"), to_table(clip_rows, CLIPS))
 
 
+def with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the schema's columns it lacks added as nulls: parts written by an older
+    schema version (a resumed run) still gather."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table
+
+
 def consolidate(out: OutputDir, chunks: list[int]) -> tuple[pa.Table, pa.Table]:
     """Gather the parts of ``chunks`` into the two manifests, sorted, and write them."""
     tables = {}
     for name, schema, keys in (("videos", VIDEOS, ["source"]),
                                ("clips", CLIPS, ["source", "start_s", "end_s"])):
-        parts = [out.read_parquet(part_name(c, name)).select(schema.names).cast(schema) for c in chunks]
+        parts = [with_columns(out.read_parquet(part_name(c, name)), schema).select(schema.names).cast(schema)
+                 for c in chunks]
         table = pa.concat_tables(parts) if parts else schema.empty_table()
         table = table.sort_by([(k, "ascending") for k in keys])
         table = table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})

@@ -25,8 +25,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from pipeline.media import media_dir
+from shards.format import SAMPLE_RATE
 
-SPEECH_RATE = 16000
+SPEECH_RATE = SAMPLE_RATE
 SPEECH_FILES = ("joyvasa_001.wav", "joyvasa_006.wav", "speech_2spk_30s.wav")
 FACE_VIDEO = "lp_d20.mp4"
 BASE_SIZE = 480  # base face images are square, this many pixels a side

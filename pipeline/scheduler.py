@@ -17,9 +17,13 @@ Each actor runs one call at a time, so when a worker process dies or hangs the c
 is known. Failures never stop the loop: a call whose worker dies is retried on the restarted
 actor (``ray.max_attempts`` in all), a call running past ``ray.task_timeout_s`` has its actor
 killed and restarted, and whatever still fails becomes a rejection with stage ``worker``.
+
+Once the work is done the loop asks every actor how busy it was (``pipeline.activity``) and logs
+it: busy fractions, the single-thread work, and the wall time over work / cores.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -30,6 +34,7 @@ from typing import Any, Callable, Mapping
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from pipeline.activity import LOG_MARKER, activity_report, summary_line
 from pipeline.clip import Clip
 from pipeline.plan import Chunk
 from pipeline.progress import Progress
@@ -38,6 +43,7 @@ from pipeline.stages.base import error_text
 log = logging.getLogger(__name__)
 
 WAIT_S = 1.0
+ACTIVITY_WAIT_S = 10.0  # for the actors' activity counts at the end (an actor restarting may not answer)
 
 
 def max_prepared_clips(setting: int | str, cpu_actors: int, model_actors: int) -> int:
@@ -136,10 +142,12 @@ class Scheduler:
         self.open_per_video: dict[str, int] = {}
         self.writes: list[Future] = []
         self.writer: ThreadPoolExecutor | None = None
+        self.activity: dict[str, Any] | None = None  # pipeline.activity report, once run() is done
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, chunks: list[Chunk]) -> None:
+        started = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as self.writer:
             for chunk in chunks:
                 self.chunks[chunk.index] = ChunkState(chunk, unplanned=len(chunk.videos))
@@ -156,6 +164,7 @@ class Scheduler:
                         self._complete(ref, self.inflight.pop(ref))
                 self._check_timeouts()
                 self._check_writes()
+            self._report_activity(time.monotonic() - started)
         for write in self.writes:
             write.result()  # a chunk that could not be written stops the run here
 
@@ -190,6 +199,18 @@ class Scheduler:
                 log.warning("%s of %s ran past %.0f s: restarting its worker", task.kind,
                             _name(task.item), self.timeout_s)
                 task.pool.kill(task.actor)
+
+    def _report_activity(self, wall_s: float) -> None:
+        """Log how busy the actors were over the ``wall_s`` the loop ran (never fails the run)."""
+        try:
+            pools = {pool.name: actor_activity(pool) for pool in (self.cpu, self.model)}
+            cores = float(ray.cluster_resources().get("CPU", 0.0))
+            self.activity = activity_report(pools, wall_s, cores)
+        except (RayError, KeyError, TypeError) as exc:
+            log.warning("could not gather the actors' activity: %s", error_text(exc))
+            return
+        log.info("%s", summary_line(self.activity))
+        log.info("%s%s", LOG_MARKER, json.dumps(self.activity))
 
     def _check_writes(self) -> None:
         for write in [w for w in self.writes if w.done()]:
@@ -273,6 +294,25 @@ class Scheduler:
         if state.unplanned == 0 and state.open_clips == 0 and state.chunk.index in self.chunks:
             del self.chunks[state.chunk.index]
             self.writes.append(self.writer.submit(self.on_chunk, state))
+
+
+def actor_activity(pool: ActorPool) -> list[dict[str, Any] | None]:
+    """Each actor's ``activity()`` counts; None for one that does not answer in time or has none."""
+    refs: list[Any] = []
+    for actor in pool.actors:
+        try:
+            refs.append(actor.activity.remote())
+        except AttributeError:  # a worker class without counts (the tests' stand-ins)
+            refs.append(None)
+    pending = [r for r in refs if r is not None]
+    ready = set(ray.wait(pending, num_returns=len(pending), timeout=ACTIVITY_WAIT_S)[0]) if pending else set()
+    counts: list[dict[str, Any] | None] = []
+    for ref in refs:
+        try:
+            counts.append(ray.get(ref) if ref in ready else None)
+        except RayError:
+            counts.append(None)
+    return counts
 
 
 def _name(item: Clip) -> str:

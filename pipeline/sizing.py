@@ -1,16 +1,30 @@
 """How many CPU and model actors to start, and what each asks of Ray, from the config and the
 cluster's resources.
 
-Every ``ray.*`` sizing key may be a number or ``auto``:
+Every ``ray.*`` sizing key may be a number or ``auto``. With GPUs:
 
-* ``model_worker_gpus: auto``: one whole GPU per model actor when the cluster has GPUs, else none
-  (the models then run on the CPU);
-* ``model_workers: auto``: with GPUs, as many as the GPUs hold at that share; on CPUs only, one per
-  ``model_worker_cpus`` of the cores the CPU actors leave, and no more than the memory Ray offers
+* ``model_worker_gpus: auto``: one whole GPU per model actor (none when the cluster has no GPU:
+  the models then run on the CPU);
+* ``model_workers: auto``: as many as the GPUs hold at that share, one CPU each
+  (``model_worker_cpus: auto`` = 1);
+* ``cpu_workers: auto``: every core the model actors leave, one each (``cpu_worker_cpus: auto`` =
+  1): the GPUs outrun decoding and face tracking, so the CPU side is the bottleneck.
+
+On CPUs only the models are most of the work and every core should run one: a share ``f`` of the
+single-thread work (``ray.cpu_stage_share``, measured by bench/pipeline.py and logged by every run,
+``pipeline.activity``) is the CPU stages', the rest the models'. So:
+
+* ``model_workers: auto``: one per ``torch_threads`` cores, and no more than the memory Ray offers
   holds at ``model_worker_memory_gb`` each (every model of the pipeline lives in each actor);
-* ``cpu_workers: auto``: with GPUs, every core the model actors leave (the GPUs outrun the
-  decoding and face tracking, so the CPU side is the bottleneck); on CPUs only, one per 8 cores
-  (there the CPU stages cost about an eighth of the models' time, bench/pipeline.py).
+* ``cpu_workers: auto``: ``ceil(CPU_ACTOR_HEADROOM * cores * f / (1 - f))``. The CPU actors
+  time-share the cores with the model actors; while all of them run, the CPU stages get K of
+  every K + cores time slices, so K >= cores * f / (1 - f) keeps the crops coming as fast as the
+  models take them, and the headroom lets them run ahead (``ray.max_prepared_clips`` bounds how
+  far), to idle, not the models, when they are early;
+* ``cpu_worker_cpus: auto``: the cores the CPU stages use on average, ``cores * f``, split over the
+  CPU actors; ``model_worker_cpus: auto``: what that leaves, split over the model actors. These are
+  only Ray's bookkeeping (Ray places actors by them and never limits a process to its share): they
+  add up to the cores, so a local Ray fits every actor and a cluster's nodes are shared out evenly.
 
 Actors that do not fit wait for resources: forever on a local Ray, which is an error here, and
 until the autoscaler adds nodes on a cluster, which is only worth a warning.
@@ -25,7 +39,8 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-CORES_PER_CPU_WORKER = 8  # CPU-only clusters: one CPU actor per this many cores
+CPU_ACTOR_HEADROOM = 1.25  # CPU-only: CPU actors for this many times the CPU stages' share
+RESOURCE_STEP = 1e-4       # Ray's resolution for fractional resources
 
 
 class SizingError(ValueError):
@@ -54,29 +69,49 @@ def _given(value: Any) -> bool:
     return str(value) != AUTO
 
 
+def _share(value: float) -> float:
+    """A fractional resource rounded down to Ray's resolution (so shares never add up past the total)."""
+    return max(RESOURCE_STEP, math.floor(value / RESOURCE_STEP + 1e-6) * RESOURCE_STEP)
+
+
 def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool,
                memory_gb: float | None = None) -> PoolSizes:
     """Resolve the ``auto`` keys of ``ray_cfg`` for a cluster of ``cpus`` CPUs, ``gpus`` GPUs and
     ``memory_gb`` of memory for actors (None: not limited)."""
-    cpu_each, model_cpus = float(ray_cfg["cpu_worker_cpus"]), float(ray_cfg["model_worker_cpus"])
-    if cpu_each <= 0 or model_cpus < 0:
+    cpu_each = float(ray_cfg["cpu_worker_cpus"]) if _given(ray_cfg["cpu_worker_cpus"]) else None
+    model_cpus = float(ray_cfg["model_worker_cpus"]) if _given(ray_cfg["model_worker_cpus"]) else None
+    if (cpu_each is not None and cpu_each <= 0) or (model_cpus is not None and model_cpus < 0):
         raise SizingError(f"ray.cpu_worker_cpus must be > 0 and ray.model_worker_cpus >= 0, got "
-                         f"{cpu_each} and {model_cpus}")
+                          f"{cpu_each} and {model_cpus}")
     gpu_each = float(ray_cfg["model_worker_gpus"]) if _given(ray_cfg["model_worker_gpus"]) else (1.0 if gpus >= 1 else 0.0)
     cpu_workers = int(ray_cfg["cpu_workers"]) if _given(ray_cfg["cpu_workers"]) else None
     model_workers = int(ray_cfg["model_workers"]) if _given(ray_cfg["model_workers"]) else None
 
     if gpu_each > 0:
+        cpu_each = 1.0 if cpu_each is None else cpu_each
+        model_cpus = 1.0 if model_cpus is None else model_cpus
         if model_workers is None:
             model_workers = max(1, math.floor(gpus / gpu_each + 1e-9))
         if cpu_workers is None:
             cpu_workers = max(1, math.floor((cpus - model_workers * model_cpus) / cpu_each + 1e-9))
     else:
+        share = float(ray_cfg["cpu_stage_share"])
+        if not 0 < share < 1:
+            raise SizingError(f"ray.cpu_stage_share must be between 0 and 1, got {share}")
         if cpu_workers is None:
-            cpu_workers = max(1, round(cpus / CORES_PER_CPU_WORKER))
+            cpu_workers = max(1, math.ceil(CPU_ACTOR_HEADROOM * cpus * share / (1 - share) - 1e-9))
+        if cpu_each is None:
+            cpu_each = min(1.0, _share(cpus * share / max(cpu_workers, 1)))
+        left = cpus - cpu_workers * cpu_each
+        per_core = max(1, math.floor(cpus / max(1, int(ray_cfg["torch_threads"])) + 1e-9))
+        if model_cpus is None:
+            if left <= 0:
+                raise SizingError(f"{cpu_workers} CPU workers of {cpu_each:g} CPUs take all {cpus:g} CPUs: "
+                                  f"lower ray.cpu_workers or ray.cpu_worker_cpus")
+            model_cpus = _share(left / (model_workers or per_core))
         if model_workers is None:
-            left = cpus - cpu_workers * cpu_each
-            model_workers = max(1, math.floor(left / model_cpus + 1e-9)) if model_cpus > 0 else 1
+            # one per core; with a given share, as many as the CPUs left hold at it
+            model_workers = max(1, math.floor(left / model_cpus + 1e-9)) if model_cpus > 0 else per_core
             if memory_gb is not None:
                 fit = math.floor(memory_gb / float(ray_cfg["model_worker_memory_gb"]))
                 if fit < model_workers:

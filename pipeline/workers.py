@@ -11,6 +11,7 @@ import logging
 import warnings
 from typing import Any, Mapping
 
+from pipeline.activity import CallRecorder
 from pipeline.clip import Clip
 from pipeline.stages import GROUPS, build_stage
 
@@ -36,6 +37,8 @@ class StageWorker:
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         configure_threads(int(cfg["ray"]["torch_threads"]), torch_too="model" in groups)
         self.groups = {group: [build_stage(name, cfg) for name in GROUPS[group]] for group in groups}
+        self.recorder = CallRecorder()  # busy and CPU time per kind of call (pipeline.activity)
+        self.recorder.started()
 
     def run(self, group: str, clips: list[Clip]) -> list[Clip]:
         for stage in self.groups[group]:
@@ -44,17 +47,23 @@ class StageWorker:
 
     def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
         """Probe a whole-video record and cut it into candidate clips (no arrays)."""
-        probe, shots = self.groups["video"]
-        (video,) = probe([video])
-        if not video.kept:
-            return video, []
-        clips = shots([video])
-        return (video, []) if not video.kept else (video, clips)
+        with self.recorder.call("plan"):
+            probe, shots = self.groups["video"]
+            (video,) = probe([video])
+            if not video.kept:
+                return video, []
+            clips = shots([video])
+            return (video, []) if not video.kept else (video, clips)
 
     def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
         """(summary, full clip or None when rejected)."""
-        (clip,) = self.run(group, [clip])
-        return clip.summary(), (clip if clip.kept else None)
+        with self.recorder.call(group):
+            (clip,) = self.run(group, [clip])
+            return clip.summary(), (clip if clip.kept else None)
+
+    def activity(self) -> dict:
+        """This actor's calls, busy and CPU seconds per kind (``pipeline.activity``)."""
+        return self.recorder.as_dict()
 
     def describe(self) -> dict[str, dict[str, str]]:
         """{stage: {model_id, weight_id}} of the stages that run a model; also proves they loaded."""

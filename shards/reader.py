@@ -9,7 +9,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -41,10 +41,12 @@ def decode_sample(raw: dict[str, Any], with_audio: bool = True) -> dict[str, Any
             "sample_rate": rate, "meta": meta}
 
 
-def iter_raw(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Group a tar's members by key, in file order, yielding {"__key__", member: bytes}."""
+def iter_raw(path: str | Path | BinaryIO) -> Iterator[dict[str, Any]]:
+    """Group a tar's members by key, in file order, yielding {"__key__", member: bytes}.
+    ``path`` may also be an open binary stream (e.g. from ``shards.storage.open_stream``)."""
     current: dict[str, Any] = {}
-    with tarfile.open(path, "r|*") as tar:
+    opened = tarfile.open(fileobj=path, mode="r|*") if hasattr(path, "read") else tarfile.open(path, "r|*")
+    with opened as tar:
         for info in tar:
             if not info.isfile():
                 continue

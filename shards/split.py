@@ -1,4 +1,5 @@
-"""The train/validation split, by speaker when known, else by source video, never by clip.
+"""The train/validation split, by speaker when known, else by face identity (``shards.identity``),
+else by source video, never by clip.
 
 A group's split is a pure function of its name: the first 8 bytes of its sha256 as a fraction of
 2**64, "val" when below ``val_fraction``. Every clip of a speaker (or video) lands on the same
@@ -9,11 +10,15 @@ from __future__ import annotations
 import hashlib
 
 TRAIN, VAL = "train", "val"
+SPLITS = (TRAIN, VAL)
 
 
-def split_group(speaker: str | None, video_id: str) -> str:
-    """The unit a split never divides: ``speaker:<name>`` when given, else ``video:<id>``."""
-    return f"speaker:{speaker}" if speaker else f"video:{video_id}"
+def split_group(speaker: str | None, video_id: str, identity: str | None = None) -> str:
+    """The unit a split never divides: ``speaker:<name>`` when given, else the video's identity
+    group (``face:<id>``, from ``shards.identity``) when known, else ``video:<id>``."""
+    if speaker:
+        return f"speaker:{speaker}"
+    return identity if identity else f"video:{video_id}"
 
 
 def assign_split(group: str, val_fraction: float) -> str:
@@ -23,5 +28,5 @@ def assign_split(group: str, val_fraction: float) -> str:
     return VAL if value < val_fraction else TRAIN
 
 
-def split_of(speaker: str | None, video_id: str, val_fraction: float) -> str:
-    return assign_split(split_group(speaker, video_id), val_fraction)
+def split_of(speaker: str | None, video_id: str, val_fraction: float, identity: str | None = None) -> str:
+    return assign_split(split_group(speaker, video_id, identity), val_fraction)

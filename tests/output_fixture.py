@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
 from shards.pose import degrees_to_logits
 from shards.format import FPS, SAMPLES_PER_FRAME
+from shards.stats import DatasetMoments, moments_name, moments_table
 from shards.vector import motion_to_vector
 from shards.writer import ShardWriter
 from pipeline.media_kit import make_clip
@@ -190,7 +191,8 @@ def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: i
     sources = _write_sources(Path(sources_dir) if sources_dir else out.parent / f"{out.name}_sources")
     fixture = FixtureOutput(root=out, sources=sources)
     video_rows, clip_rows = [], []
-    train_vectors, train_feats = [], []
+    train_moments = DatasetMoments()  # the job's rule (shards.stats), clip by clip
+    chunk_moments: dict[int, list] = {}
     writers: dict[int, ShardWriter] = {}
     thresholds_json = json.dumps(FILTERS, sort_keys=True)
 
@@ -232,9 +234,11 @@ def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: i
                 row.update(shard=shard, key=clip_id, sha256=json.dumps(digests, sort_keys=True))
                 clip.shard = shard
                 n_kept += 1
+                moments = DatasetMoments.of_clip(motion, feat)
+                chunk_moments.setdefault(chunk, []).append(
+                    ({"shard": shard, "key": clip_id, "split": split, "dataset": dataset}, moments))
                 if split == "train":
-                    train_vectors.append(vector.astype(np.float64))
-                    train_feats.append(feat.astype(np.float64))
+                    train_moments.merge(moments)
             clip_rows.append(row)
             fixture.clips.append(clip)
         video_rows.append({
@@ -258,8 +262,10 @@ def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: i
 
     write_manifest(out / "manifests" / "videos.parquet", video_rows, VIDEOS)
     write_manifest(out / "manifests" / "clips.parquet", clip_rows, CLIPS)
-    write_stats(out / "stats.json", np.concatenate(train_vectors), np.concatenate(train_feats),
-                n_clips=len(train_vectors))
+    (out / "stats.json").write_text(json.dumps(train_moments.document()))
+    for chunk, rows in chunk_moments.items():  # as the job stores them beside each chunk
+        (out / moments_name(chunk)).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(moments_table(rows), out / moments_name(chunk))
     run = {"config": {"clips": {"min_len_s": 2.0}, "filters": FILTERS},
            "model_ids": MODEL_IDS, "weight_hashes": WEIGHT_HASHES, "random_weights": True,
            "timings": {"total_s": 1.0}, "counts": {"videos": len(video_rows), "clips": len(clip_rows),
@@ -274,15 +280,3 @@ def write_manifest(path: Path, rows: list[dict], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     table = table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
     pq.write_table(table, path)
-
-
-def write_stats(path: Path, vectors: np.ndarray, feats: np.ndarray, n_clips: int) -> None:
-    stats = {
-        "format_version": 1, "split": "train", "n_frames": len(vectors), "n_clips": n_clips,
-        "vector": {"dim": int(vectors.shape[1]), "mean": vectors.mean(0).tolist(),
-                   "std": vectors.std(0).tolist(), "min": vectors.min(0).tolist(),
-                   "max": vectors.max(0).tolist()},
-        "audio_feat": {"dim": int(feats.shape[1]), "mean": feats.mean(0).tolist(),
-                       "std": feats.std(0).tolist()},
-    }
-    path.write_text(json.dumps(stats))

@@ -23,7 +23,7 @@ from pipeline.media_kit import make_broken_inputs, make_clip
 # filters (random weights give meaningless scores), a small audio encoder, frames at 360 px.
 TEST_OVERRIDES = (
     "clips.min_len_s=0.6", "clips.max_len_s=0.8", "clips.cut_margin_s=0.1",
-    "ray.num_cpus=2", "ray.torch_threads=1", "decode.max_side=480", "faces.backend=haar",
+    "ray.num_cpus=2", "ray.torch_threads=1", "ray.model_workers=1", "decode.max_side=480", "faces.backend=haar",
     "filters.faces.min_face_px=32",
     "filters.quality.metric=piqe", "filters.quality.n_frames=2", "filters.quality.threshold=60",
     "filters.quality.mode=score", "filters.sync.mode=score", "filters.head_motion.mode=score",

@@ -1,4 +1,5 @@
-"""Audio features: exactly T rows for any audio, windowing, loading from folders and from files."""
+"""Audio features: exactly T rows for any audio, windowing, loading from folders and from files, and
+the model's input exactly as the checkpoint's feature extractor (preprocessor_config.json) makes it."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +10,7 @@ import pytest
 import soundfile
 import torch
 import torch.nn.functional as F
-from transformers import HubertConfig, HubertModel, Wav2Vec2Model
+from transformers import HubertConfig, HubertModel, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 from models.audio_encoder import AudioEncoder, load_audio, small_config, to_mono_16k
 from shards.format import FPS, SAMPLE_RATE
@@ -59,13 +60,19 @@ def test_frame_count_decides_the_rows_not_the_audio(encoder):
         encoder.encode(np.zeros((100, 2), np.float32), 3)
 
 
+def normalized(samples: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance, as Wav2Vec2FeatureExtractor's do_normalize defines it."""
+    return ((samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)).astype(np.float32)
+
+
 def test_alignment_is_pairs_of_50hz_tokens_after_reflection_padding(encoder):
     """One window by hand: 40 reflected samples each end -> 2T tokens -> linear interpolation to T."""
     audio = to_mono_16k(speech_like(2.0, 16000, 1), 16000)
     n_frames = 50
     padded = np.pad(np.pad(audio, 20, mode="reflect"), 20, mode="reflect")
+    assert encoder.input_settings["do_normalize"]  # random weights: the official checkpoints' settings
     with torch.inference_mode():
-        hidden = encoder.model(torch.from_numpy(padded)[None]).last_hidden_state  # (1, 2T, D)
+        hidden = encoder.model(torch.from_numpy(normalized(padded))[None]).last_hidden_state  # (1, 2T, D)
     assert hidden.shape[1] == 2 * n_frames
     expected = F.interpolate(hidden.transpose(1, 2), size=n_frames, mode="linear", align_corners=False)
     np.testing.assert_allclose(encoder.encode(audio, n_frames), expected[0].T.numpy(), atol=1e-5)
@@ -107,6 +114,7 @@ def test_random_mode_is_the_official_base_architecture():
 
 def test_folder_round_trip_wav2vec2(encoder, tmp_path):
     encoder.model.save_pretrained(tmp_path / "tiny-wav2vec2")
+    Wav2Vec2FeatureExtractor().save_pretrained(tmp_path / "tiny-wav2vec2")  # the defaults, as random uses
     loaded = AudioEncoder(tmp_path / "tiny-wav2vec2")
     assert loaded.model_id == "tiny-wav2vec2" and not loaded.random_weights
     audio = to_mono_16k(speech_like(2.5, 16000, 1), 16000)
@@ -119,11 +127,12 @@ def test_folder_round_trip_hubert(tmp_path):
     torch.manual_seed(0)
     model = HubertModel(config).eval()
     model.save_pretrained(tmp_path / "tiny-hubert")
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path / "tiny-hubert")
     loaded = AudioEncoder(tmp_path / "tiny-hubert")
     assert isinstance(loaded.model, HubertModel) and loaded.dim == 64
     audio = to_mono_16k(speech_like(1.0, 16000, 1), 16000)
     padded = np.pad(np.pad(audio, 20, mode="reflect"), 20, mode="reflect")
-    with torch.inference_mode():
+    with torch.inference_mode():  # do_normalize false: the raw waveform goes in
         hidden = model(torch.from_numpy(padded)[None]).last_hidden_state[0].numpy()
     np.testing.assert_allclose(loaded.encode(audio, 25), hidden.reshape(25, 2, 64).mean(1), atol=1e-6)
 

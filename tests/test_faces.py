@@ -250,6 +250,11 @@ def test_face_stage_decodes_once_or_twice_with_the_same_crops(media):
     np.testing.assert_array_equal(once.lp_crops, twice.lp_crops)
     np.testing.assert_array_equal(once.sync_crops, twice.sync_crops)
     assert once.scores == twice.scores and once.scores["face_count"] == 1.0
+    # The crop came from dlib's landmarks; the clip carries its face's identity embedding.
+    assert once.crop_backend == twice.crop_backend == "dlib68"
+    assert once.identity_backend == "dlib_resnet128" and once.face_embedding.shape == (128,)
+    np.testing.assert_array_equal(once.face_embedding, twice.face_embedding)
+    assert stage.describe()["model_id"] == "dlib68+dlib_resnet128"
 
 
 # ---------------------------------------------------------------------------------------------

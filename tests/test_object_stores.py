@@ -8,6 +8,7 @@ emulator: ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` with fake ``AWS_*`` cre
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -206,3 +207,59 @@ def test_job_reads_and_writes_an_object_store(store, clip: Path, media: Path, tm
     log = build()
     assert "nothing to do" in log
     assert objects(fs, f"{bucket}/out") == first
+
+
+# ---- the readers take what the writer takes: the audit and the trainer on s3:// and gs://
+
+
+@pytest.fixture(scope="module")
+def local_output(tmp_path_factory) -> Path:
+    """A small pipeline output folder (tests.output_fixture), to upload to each store."""
+    from tests.output_fixture import build_output
+
+    return build_output(tmp_path_factory.mktemp("reader_out") / "out").root
+
+
+def uploaded(fs: pafs.FileSystem, local: Path, bucket: str) -> str:
+    """The output uploaded below ``bucket/out``; returns the bucket path of the copy."""
+    fs.create_dir(bucket)
+    pafs.copy_files(str(local), f"{bucket}/out", destination_filesystem=fs)
+    return f"{bucket}/out"
+
+
+def test_audit_reads_an_output_in_an_object_store(store, local_output: Path, capsys) -> None:
+    from manifests.audit import main as audit
+
+    scheme, fs = store
+    uri = f"{scheme}://{uploaded(fs, local_output, 'audited')}"
+    reports = []
+    for root in (str(local_output), uri):
+        code = audit([root, "--deep", "--json", "--workers", "1"])
+        reports.append((code, json.loads(capsys.readouterr().out)))
+    (local_code, local), (remote_code, remote) = reports
+    assert local_code == remote_code == 0 and remote["ok"], remote["problems"]
+    assert remote["counts"] == local["counts"] and remote["counts"]["stats_recomputed"] == 1
+    assert remote["summary"]["root"] == uri
+    # damage one shard in the store: the remote audit names it
+    shard = sorted(n for n in objects(fs, "audited/out/shards"))[0]
+    with fs.open_input_stream(f"audited/out/shards/{shard}") as f:
+        data = f.read()
+    upload(fs, data[: len(data) // 2], f"audited/out/shards/{shard}")
+    assert audit([uri, "--json", "--workers", "1"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any(p["check"] == "truncated_shard" and p["shard"] == shard for p in problems)
+
+
+def test_training_reads_an_output_in_an_object_store(store, local_output: Path, tmp_path: Path) -> None:
+    from training.checkpoint import load_checkpoint
+    from training.run import run_from_args
+
+    scheme, fs = store
+    uri = f"{scheme}://{uploaded(fs, local_output, 'trained')}"
+    summary = run_from_args(["--shards", uri, "--out", str(tmp_path / "run"), "model.width=32",
+                             "model.layers=1", "model.heads=2", "model.w_pre=5", "model.w_cur=20",
+                             "data.batch_size=4", "data.num_workers=1", "train.max_steps=2",
+                             "train.val_batches=1", "train.progress=false", "train.threads=1"])
+    assert summary["step"] == 2
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["stats"] == json.loads((local_output / "stats.json").read_text())

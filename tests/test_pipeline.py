@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.build_shards import main
-from shards.split import split_of
+from shards.split import assign_split
 from shards.format import FPS, MOTION_SHAPES, SAMPLES_PER_FRAME
 from shards.reader import iter_samples
 from tests.pipeline_kit import (TEST_OVERRIDES, broken, manifests, ray_session, real_and_synthetic,  # noqa: F401
@@ -118,7 +118,10 @@ def test_split_by_speaker_and_random_weights_everywhere(built):
     assert run["timings"]["stage_seconds"]["motion"] > 0
     for clip in clips:
         assert clip["random_weights"] is True
-        assert clip["split"] == split_of(clip["speaker"], clip["video_id"], 0.05)
+        # The split follows the clip's group: its speaker, else its face identity group.
+        assert clip["split"] == assign_split(clip["split_group"], 0.05)
+        if clip["speaker"]:
+            assert clip["split_group"] == f"speaker:{clip['speaker']}"
         assert json.loads(clip["thresholds"])["sync"]["min_conf"] == 4.0
     for shard in sorted((out / "shards").glob("*.tar")):
         for sample in iter_samples(shard):
@@ -166,7 +169,10 @@ def test_output_audits_clean_trains_and_samples(built, media, tmp_path):
 
     out, _, _ = built
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["audio_feat"]["encoder"] == {"name": "chinese_hubert_base", "weights": "random:small"}
+    encoder = stats["audio_feat"]["encoder"]
+    assert {k: encoder[k] for k in ("name", "weights")} == {"name": "chinese_hubert_base", "weights": "random:small"}
+    # The input settings the features were made with travel to sampling through the model id.
+    assert encoder["model_id"].startswith("random:") and "do_normalize=true" in encoder["model_id"]
     assert len(stats["kp"]["mean"]) == 63
     assert audit([str(out), "--deep"]) == 0
 

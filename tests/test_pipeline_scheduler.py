@@ -6,12 +6,14 @@ The actors here are real Ray actors; their worker class misbehaves on purpose fo
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import pytest
 import ray
 
+from pipeline.activity import CallRecorder, from_log
 from pipeline.clip import Clip, VideoInfo
 from configs import load_config
 from pipeline.inputs import InputVideo
@@ -217,3 +219,61 @@ def test_prepared_clips_bound_how_many_cpu_actors_crop_at_once(ray_session, sett
     clips = [ray.get(ref) for ref in state.results.values()]
     assert len(clips) == 6
     assert most_at_once([(c.scores["prepare_start"], c.scores["prepare_end"]) for c in clips]) == expected
+
+
+class CountedWorker(MisbehavingWorker):
+    """Counts its calls as the real workers do (``pipeline.activity``): model calls burn ``spin_s``
+    of CPU, prepare calls sleep ``sleep_s`` (busy, yet almost no CPU)."""
+
+    def __init__(self, spin_s: float = 0.0, sleep_s: float = 0.0):
+        self.spin_s, self.sleep_s = spin_s, sleep_s
+        self.recorder = CallRecorder()
+        self.recorder.started()
+
+    def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
+        with self.recorder.call("plan"):
+            return super().plan_video(video)
+
+    def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
+        with self.recorder.call(group):
+            if group == "model":
+                start = time.process_time()
+                while time.process_time() - start < self.spin_s:
+                    pass
+            else:
+                time.sleep(self.sleep_s)
+            return super().process(group, clip)
+
+    def activity(self) -> dict:
+        return self.recorder.as_dict()
+
+
+def test_the_scheduler_reports_how_busy_each_actor_was(ray_session, caplog):  # noqa: F811
+    """Busy fractions, CPU seconds and wall over work / cores from the actors' own counts, logged
+    in the form bench/pipeline.py reads; an actor without counts is reported as missing."""
+    cfg = load_config("pipeline", [])
+    counted = ray.remote(CountedWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    silent = ray.remote(MisbehavingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [counted.remote(sleep_s=0.3), silent.remote()])
+    model = ActorPool("model", [counted.remote(spin_s=0.4)])
+    ray.get([a.__ray_ready__.remote() for a in cpu.actors + model.actors])
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"), InputVideo("/videos/b.mp4")))]
+    scheduler = Scheduler(cfg, cpu, model, lambda state: None, Progress(2, enabled=False))
+    try:
+        with caplog.at_level(logging.INFO, logger="pipeline.scheduler"):
+            scheduler.run(chunks)
+    finally:
+        for actor in cpu.actors + model.actors:
+            ray.kill(actor)
+    report = scheduler.activity
+    assert report == from_log(caplog.text)
+    model_pool, cpu_pool = report["model"], report["cpu"]
+    assert model_pool["calls"] == 4 and 1.6 <= model_pool["cpu_s"] < 2.4  # 4 clips x 0.4 s spun
+    assert model_pool["busy_s"] >= model_pool["cpu_s"] - 0.05
+    assert 0 < model_pool["busy_fraction"][0] <= 1
+    assert cpu_pool["reported"] == 1 and cpu_pool["busy_fraction"][1] is None
+    assert cpu_pool["cpu_s"] < 0.5 * cpu_pool["busy_s"]  # sleeping is busy, not work
+    assert report["cores"] == 2.0
+    assert report["work_cpu_s"] == pytest.approx(model_pool["cpu_s"] + cpu_pool["cpu_s"], abs=2e-3)
+    assert report["wall_over_work_per_core"] == pytest.approx(
+        report["wall_s"] / (report["work_cpu_s"] / 2.0), abs=2e-3)

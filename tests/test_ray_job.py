@@ -72,9 +72,10 @@ def test_ray_job_submit_builds_shards(ray_head, tmp_path: Path, media: Path):
     run = json.loads((out / "run.json").read_text())
     assert run["cluster"]["address"] != "local" and run["random_weights"] is True
     assert run["cluster"]["resources"]["CPU"] == 2.0
-    # auto sizing on the 2-CPU head: one CPU worker, one model worker, no GPU
-    assert run["cluster"]["pools"] == {"cpu_workers": 1, "cpu_worker_cpus": 1.0, "model_workers": 1,
-                                       "model_worker_cpus": 1.0, "model_worker_gpus": 0.0}
+    # auto sizing on the 2-CPU head with the tests' one model worker: one CPU worker sharing the
+    # cores at the CPU stages' share (0.2 of 2 cores), the model worker the rest, no GPU
+    assert run["cluster"]["pools"] == {"cpu_workers": 1, "cpu_worker_cpus": 0.4, "model_workers": 1,
+                                       "model_worker_cpus": 1.6, "model_worker_gpus": 0.0}
 
     # The same run from outside the repository with --address: the driver ships the repository
     # as the job's working directory itself, and the output is the same as the submitted job's.

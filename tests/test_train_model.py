@@ -127,3 +127,65 @@ def test_each_frame_reads_only_its_own_audio():
     assert delta[torch.arange(cfg.window) != 12].max() < 1e-6
     wide = audio_attention_mask(w_pre=2, window=4, radius=1)
     assert (~wide[4]).nonzero().flatten().tolist() == [1, 2, 3]
+
+
+def reference_decoder(model: MotionDenoiser) -> torch.nn.TransformerDecoder:
+    """torch's own decoder with the model's weights: the computation the model had before it
+    computed the single-key cross-attention directly."""
+    cfg = model.cfg
+    layer = torch.nn.TransformerDecoderLayer(
+        d_model=cfg.width, nhead=cfg.heads, dim_feedforward=cfg.ff_mult * cfg.width,
+        dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
+    decoder = torch.nn.TransformerDecoder(layer, num_layers=cfg.layers, norm=torch.nn.LayerNorm(cfg.width))
+    decoder.load_state_dict(model.decoder.state_dict())
+    return decoder.eval()
+
+
+def test_single_key_cross_attention_is_exact():
+    """The fast path of audio_radius 0 gives the masked attention's outputs within 1e-5: against
+    torch's TransformerDecoder, through the start-token and null-token paths too."""
+    cfg = ModelConfig(**{**TINY, "layers": 3, "dropout": 0.1})
+    model = live_model(cfg)
+    assert model.single_key_cross_attention
+    reference = reference_decoder(model)
+    x = inputs(cfg, batch=4)
+    x["first_window"] = torch.tensor([False, True, False, True])
+    x["drop_audio"] = torch.tensor([False, False, True, True])
+    fast = model(**x)
+    model.single_key_cross_attention = False
+    masked = model(**x)
+    captured = {}
+    hook = model.decoder.register_forward_hook(
+        lambda mod, args, out: captured.update(tokens=args[0], memory=args[1]))
+    model(**x)
+    hook.remove()
+    with torch.no_grad():
+        via_torch = model.out(reference(captured["tokens"], captured["memory"],
+                                        memory_mask=model.memory_mask)[:, cfg.w_pre:])
+    assert fast.abs().max() > 1e-2  # a live output, not zeros
+    assert torch.allclose(fast, masked, atol=1e-5, rtol=0)
+    assert torch.allclose(fast, via_torch, atol=1e-5, rtol=0)
+
+
+def test_single_key_cross_attention_trains_with_attention_dropout():
+    """In training the fast path drops its single attention weight per (sample, query, head) with
+    the masked attention's probability and rescaling, and gradients reach the value projection."""
+    cfg = ModelConfig(**{**TINY, "layers": 1, "dropout": 0.25})
+    model = live_model(cfg).train()
+    attn = model.decoder.layers[0].multihead_attn
+    with torch.no_grad():  # out_proj = identity, so the output is the (dropped) values themselves
+        attn.out_proj.weight.copy_(torch.eye(cfg.width))
+        attn.out_proj.bias.zero_()
+    memory = torch.randn(64, cfg.window, cfg.width)
+    out = model.decoder.layers[0].own_frame_attention(memory, model.own_frame_rows)
+    value = torch.nn.functional.linear(memory, attn.in_proj_weight[2 * cfg.width:],
+                                       attn.in_proj_bias[2 * cfg.width:])[:, model.own_frame_rows]
+    ratio = (out / value).view(64, -1, cfg.heads, cfg.width // cfg.heads)
+    per_head = ratio[..., 0]
+    assert torch.allclose(ratio, per_head[..., None].expand_as(ratio), atol=1e-4)  # whole heads
+    dropped = (per_head.abs() < 1e-6).float().mean()
+    assert abs(float(dropped) - 0.25) < 0.02
+    kept = per_head[per_head.abs() > 1e-6]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.75), atol=1e-4)
+    out.sum().backward()
+    assert attn.in_proj_weight.grad[2 * cfg.width:].abs().sum() > 0

@@ -161,3 +161,25 @@ def test_ray_train_two_workers_end_identical(shards, tmp_path):
     torch.manual_seed(0)
     fresh = MotionDenoiser(ModelConfig.from_dict(state["model_config"])).state_dict()
     assert not torch.allclose(fresh["out.weight"], state["model"]["out.weight"])
+
+
+def test_optimiser_is_the_papers_adam_or_adamw():
+    from configs import load_config
+    from training.run import make_optimizer
+
+    model = MotionDenoiser(ModelConfig(audio_dim=16, width=32, layers=1, heads=2, w_pre=5, w_cur=10))
+    adam = make_optimizer(model, load_config("train", ["optim.name=adam"]))
+    assert type(adam) is torch.optim.Adam and adam.defaults["weight_decay"] == 0
+    assert adam.defaults["lr"] == 1e-4
+    adamw = make_optimizer(model, load_config("train", ["optim.name=adamw"]))
+    assert type(adamw) is torch.optim.AdamW
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]
+    assert not adamw.defaults.get("fused")  # auto: fused kernels on CUDA only
+    with pytest.raises(ValueError, match="optim.name"):
+        make_optimizer(model, load_config("train", ["optim.name=sgd"]))
+
+
+def test_bad_optimiser_name_exits_2(shards, tmp_path, capsys):
+    argv = ["--shards", str(shards), "--out", str(tmp_path / "r")] + TINY + ["optim.name=lion"]
+    assert main(argv) == 2
+    assert "optim.name" in capsys.readouterr().err

@@ -20,6 +20,7 @@ def make_folder_entry(root: Path, name: str) -> Path:
     folder = root / W.REGISTRY[name].path
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
+    (folder / "preprocessor_config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"weights")
     return folder
 
@@ -36,7 +37,7 @@ def test_registry_entries_are_complete():
             "chinese_hubert_base", "wav2vec2_base_960h", "qalign_one_align"} <= set(W.REGISTRY)
     for name, w in W.REGISTRY.items():
         assert w.name == name and w.source and w.licence
-        assert set(w.required_by) <= {"pipeline", "trainer"} and w.required_by
+        assert set(w.required_by) <= {"pipeline", "trainer", "renderer"} and w.required_by
         assert w.hf_repo or w.url, name
         assert w.sha256 is None or (len(w.sha256) == 64 and int(w.sha256, 16) >= 0)
         assert (w.kind == "hf_cache") == (w.path == "")
@@ -62,8 +63,9 @@ def test_check_statuses(tmp_path):
     folder = tmp_path / W.REGISTRY["wav2vec2_base_960h"].path
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    assert W.check("wav2vec2_base_960h", tmp_path).status == "incomplete"
     (folder / "pytorch_model.bin").write_bytes(b"w")
+    assert W.check("wav2vec2_base_960h", tmp_path).status == "incomplete"  # no preprocessor_config.json
+    (folder / "preprocessor_config.json").write_text("{}")
     assert W.check("wav2vec2_base_960h", tmp_path).ok
 
     path = make_file_entry(tmp_path, "liveportrait_motion_extractor", b"too short")

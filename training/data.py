@@ -18,11 +18,22 @@ cut short, as the last window of an utterance is at inference; frames past the c
 clip's end) carry zero motion and zero audio and are masked. Validation tiles each clip exactly as
 :func:`training.diffusion.generate` does.
 
+The manifest decides, clip by clip: each split reads the shards holding its kept clips and, in
+them, only the samples whose key the manifest keeps (a re-thresholded manifest from
+``manifests.audit --rethreshold ... --write-manifest`` trains exactly its selection). Without a
+manifest every sample's ``meta["split"]`` decides. The statistics follow the same selection: the
+output's ``stats.json`` for its own manifest, otherwise merged from the per-clip moments the job
+stored (``shards.stats``), never by reading the shards.
+
+Shards are read from wherever the job wrote them: a folder or an object-store URI (``s3://``,
+``gs://``; endpoints from the environment as for the job, ``shards.storage``), streamed.
+
 Determinism: every worker's stream is a pure function of (seed, rank, worker), so a resumed run
 regenerates it and discards the batches already consumed (``consumed_batches``), which reproduces
 the straight run exactly. With a manifest (which says which shards hold training clips) the shards
 are split across ranks and each rank resamples its own share; without one every rank resamples all
-of them with its own seed. Loader workers resample independently with their own seeds.
+of them with its own seed. Loader workers resample independently with their own seeds. Validation
+batches are a fixed-seed sample of the tiled windows of the whole validation split.
 
 Per-dataset mixing: the paper oversamples so that each dataset contributes equally. The manifest
 gives each dataset's training frames; a clip's window budget is multiplied by
@@ -33,6 +44,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,15 +55,18 @@ import pandas as pd
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from shards import storage
+from shards.format import SHARD_NAME_RE
 from shards.reader import SampleError, decode_sample
+from shards.split import SPLITS
+from shards.stats import STATS_FILE, DatasetMoments, merge_rows, moments_name
 from shards.vector import VECTOR_DIM, motion_to_vector
 from training.model import ModelConfig
-from training.normalize import Normalizer
+from training.normalize import Normalizer, StatsError, load_stats
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val")
 
 
 class FeatureWidthError(ValueError):
@@ -62,52 +77,141 @@ class DataStreamError(RuntimeError):
     """A stream that only fails, or finds no clip of its split: it would otherwise spin forever."""
 
 
+MANIFEST_FILE = "manifests/clips.parquet"
+MANIFEST_COLUMNS = ("dataset", "n_frames", "kept", "split", "shard", "key")
+
+
 @dataclass
 class DataInputs:
-    """Where the pipeline's output lives: shards per split, the stats file and the manifest."""
+    """Where the pipeline's output lives (a folder or a URI): shards per split, the kept keys per
+    split (None: every sample of the split's shards, by its ``meta["split"]``), the manifest's kept
+    clips, and where the statistics come from."""
 
-    root: Path
+    root: str
     shards: dict[str, list[str]]
-    stats_path: Path
-    manifest_path: Path | None
+    stats_path: str | None      # the statistics file; None: recomputed for the manifest's selection
+    manifest_path: str | None
+    keys: dict[str, frozenset[str] | None]
+    clips: pd.DataFrame | None  # the manifest's kept clips
+
+    def load_stats(self) -> dict[str, Any]:
+        """The statistics of the training clips this input selects (see the module doc)."""
+        if self.stats_path is not None:
+            return load_stats(self.stats_path)
+        assert self.clips is not None
+        return selection_stats(self.root, self.clips, self.manifest_path)
 
 
 def find_inputs(root: str | Path, stats: str | Path | None = None,
                 manifest: str | Path | None = None) -> DataInputs:
-    """Locate ``root/shards/*.tar`` (or ``root/*.tar``), ``root/stats.json`` and the clips manifest.
+    """Locate ``root/shards/*.tar`` (or ``root/*.tar``), the statistics and the clips manifest.
 
-    With a manifest, each split reads only the shards holding its kept clips; without one, both
-    splits read every shard and the per-sample ``meta["split"]`` decides.
+    ``root``, ``stats`` and ``manifest`` may be paths or URIs. With a manifest (``manifest``, else
+    ``root/manifests/clips.parquet`` when present) each split reads only the shards holding its
+    kept clips, and only those clips; without one, both splits read every shard and the
+    per-sample ``meta["split"]`` decides. Statistics: ``stats`` when given, else ``root/stats.json``
+    for the output's own manifest, else recomputed for the other manifest's selection.
     """
-    root = Path(root)
-    shard_dir = root / "shards" if (root / "shards").is_dir() else root
-    paths = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    root = str(root)
+    shard_dir = storage.join(root, "shards") if storage.is_dir(storage.join(root, "shards")) else root
+    paths = [storage.join(shard_dir, name) for name in storage.list_names(shard_dir, ".tar")]
     if not paths:
         raise FileNotFoundError(f"no shards (*.tar) found in {shard_dir}")
-    stats_path = Path(stats) if stats else root / "stats.json"
-    manifest_path = Path(manifest) if manifest else root / "manifests" / "clips.parquet"
+    own_manifest = storage.join(root, MANIFEST_FILE)
+    manifest_path = str(manifest) if manifest else own_manifest
+    stats_path = str(stats) if stats else None
     shards = {split: list(paths) for split in SPLITS}
-    if manifest_path.is_file():
+    keys: dict[str, frozenset[str] | None] = {split: None for split in SPLITS}
+    clips = None
+    if storage.is_file(manifest_path):
         clips = read_kept_clips(manifest_path)
-        by_name = {Path(p).name: p for p in paths}
+        by_name = {p.rsplit("/", 1)[-1]: p for p in paths}
         for split in SPLITS:
-            names = sorted(set(clips.loc[clips["split"] == split, "shard"].dropna()))
+            in_split = clips[clips["split"] == split]
+            names = sorted(set(in_split["shard"].dropna()))
             missing = [n for n in names if n not in by_name]
             if missing:
                 log.warning("%d %s shard(s) named in %s are not in %s, e.g. %s", len(missing), split,
                             manifest_path, shard_dir, missing[0])
             shards[split] = [by_name[n] for n in names if n in by_name]
+            if "key" in in_split:
+                keys[split] = frozenset(in_split["key"].dropna().astype(str))
+    elif manifest:
+        raise FileNotFoundError(f"manifest not found: {manifest_path}")
     else:
         manifest_path = None
-    return DataInputs(root, shards, stats_path, manifest_path)
+    if stats_path is None and (manifest_path is None or _same_place(manifest_path, own_manifest)):
+        stats_path = storage.join(root, STATS_FILE)
+    return DataInputs(root, shards, stats_path, manifest_path, keys, clips)
 
 
-def read_kept_clips(manifest_path: str | Path) -> pd.DataFrame:
-    clips = pd.read_parquet(manifest_path, columns=["dataset", "n_frames", "kept", "split", "shard"])
+def _same_place(a: str, b: str) -> bool:
+    return (a == b) if storage.has_scheme(a) or storage.has_scheme(b) else \
+        os.path.abspath(a) == os.path.abspath(b)
+
+
+def read_kept_clips(manifest: str | Path) -> pd.DataFrame:
+    """The kept rows of a clips manifest (path or URI), with the columns the trainer uses."""
+    names = storage.read_parquet_schema(str(manifest)).names
+    table = storage.read_parquet(str(manifest), columns=[c for c in MANIFEST_COLUMNS if c in names])
+    clips = table.to_pandas()
     return clips[clips["kept"].fillna(False).astype(bool)]
 
 
-def dataset_multipliers(manifest_path: str | Path | None, weights: dict[str, float]) -> dict[str, float]:
+def selection_stats(root: str, clips: pd.DataFrame, manifest: str | None = None) -> dict[str, Any]:
+    """``stats.json`` of the manifest's kept training clips, merged from the per-clip moments the
+    job stored with each chunk (``root/moments/chunk-NNNNNN.parquet``); no shard is read."""
+    train = clips[clips["split"] == "train"]
+    if train.empty:
+        raise StatsError(f"the manifest {manifest} keeps no training clip")
+    by_chunk: dict[int, set[str]] = {}
+    for shard, key in zip(train["shard"].astype(str), train["key"].astype(str)):
+        match = SHARD_NAME_RE.match(shard)
+        if match is None:
+            raise StatsError(f"manifest {manifest}: {shard!r} is not a shard name of the job")
+        by_chunk.setdefault(int(match["chunk"]), set()).add(key)
+    moments = DatasetMoments()
+    for chunk in sorted(by_chunk):
+        location = storage.join(root, moments_name(chunk))
+        if not storage.is_file(location):
+            raise StatsError(
+                f"the manifest {manifest} selects other clips than {root}'s own, and statistics for "
+                f"that selection are merged from the per-clip moments the job stores, but "
+                f"{location} is missing (an output written before the job stored moments). Pass "
+                f"data.stats=PATH with statistics of this selection, or rebuild the shards into a "
+                f"new output folder, which stores the moments.")
+        found = merge_rows(storage.read_parquet(location), by_chunk[chunk])
+        if found.n_clips != len(by_chunk[chunk]):
+            raise StatsError(f"{location} holds moments of {found.n_clips} of the "
+                             f"{len(by_chunk[chunk])} selected training clips of chunk {chunk}")
+        moments.merge(found)
+    document = moments.document()
+    own = storage.join(root, STATS_FILE)
+    if storage.is_file(own):  # which encoder made the features: the same for any selection
+        encoder = json.loads(storage.read_bytes(own)).get("audio_feat", {}).get("encoder")
+        if encoder is not None:
+            document["audio_feat"]["encoder"] = encoder
+    log.info("statistics recomputed for the %d training clips the manifest %s keeps",
+             moments.n_clips, manifest)
+    return document
+
+
+def resolve_audio_dim(configured: int | None, stats_width: int | None) -> int:
+    """``model.audio_dim``: the statistics' feature width unless set; set and different is an error."""
+    if configured is None:
+        if stats_width is None:
+            raise FeatureWidthError("model.audio_dim is not set and the statistics record no audio "
+                                    "feature width: set model.audio_dim")
+        return int(stats_width)
+    if stats_width is not None and int(configured) != stats_width:
+        raise FeatureWidthError(f"the statistics describe {stats_width}-wide audio features but "
+                                f"model.audio_dim is {configured}: leave model.audio_dim unset (null) "
+                                f"to follow the data, or use features {configured} wide")
+    return int(configured)
+
+
+def dataset_multipliers(manifest_path: str | Path | pd.DataFrame | None,
+                        weights: dict[str, float]) -> dict[str, float]:
     """Oversampling factor per dataset so each contributes its wanted share of training frames.
 
     ``weights`` are relative shares (a dataset not named gets 1.0; 0 leaves it out); empty means
@@ -117,7 +221,7 @@ def dataset_multipliers(manifest_path: str | Path | None, weights: dict[str, flo
         if weights:
             raise ValueError("data.dataset_weights needs the clips manifest to know each dataset's size")
         return {}
-    clips = read_kept_clips(manifest_path)
+    clips = manifest_path if isinstance(manifest_path, pd.DataFrame) else read_kept_clips(manifest_path)
     frames = clips[clips["split"] == "train"].groupby("dataset")["n_frames"].sum()
     frames = frames[frames > 0]
     if frames.empty:
@@ -188,9 +292,13 @@ class Clip:
         return self.motion.shape[0]
 
 
-def decode_clip(raw: dict[str, Any], split: str, normalizer: Normalizer, audio_dim: int) -> Clip | None:
-    """One tar sample -> a Clip of the wanted split, or None for another split (not decoded)."""
+def decode_clip(raw: dict[str, Any], split: str, normalizer: Normalizer, audio_dim: int,
+                keys: frozenset[str] | None = None) -> Clip | None:
+    """One tar sample -> a Clip of the wanted split, or None (not decoded) for another split or,
+    with ``keys`` (the manifest's kept clips of the split), a sample the manifest does not keep."""
     key = raw.get("__key__", "?")
+    if keys is not None and key not in keys:
+        return None
     if "json" not in raw:
         raise SampleError(f"sample {key}: no json member")
     meta = json.loads(raw["json"])
@@ -250,7 +358,7 @@ def assemble_batch(specs: list[WindowSpec], w_pre: int, w_cur: int) -> dict[str,
     """Copy each window's frames from its clip into zero-padded batch arrays.
 
     ``motion`` (B, L, 70) float32 normalised; ``audio`` (B, L, D) float16 raw; ``valid`` (B, L)
-    bool; ``first`` (B,) bool, with L = w_pre + w_cur.
+    bool; ``first`` (B,) bool, with L = w_pre + w_cur; ``keys`` the clip of each window.
     """
     window = w_pre + w_cur
     audio_dim = specs[0].clip.audio.shape[1]
@@ -268,7 +376,8 @@ def assemble_batch(specs: list[WindowSpec], w_pre: int, w_cur: int) -> dict[str,
         valid[i, span] = True
         first[i] = spec.first
     return {"motion": torch.from_numpy(motion), "audio": torch.from_numpy(audio),
-            "valid": torch.from_numpy(valid), "first": torch.from_numpy(first)}
+            "valid": torch.from_numpy(valid), "first": torch.from_numpy(first),
+            "keys": [spec.clip.key for spec in specs]}
 
 
 @dataclass
@@ -293,6 +402,29 @@ def wanted_member(name: str) -> bool:
     return not name.endswith(".audio.flac")
 
 
+def open_shards(urls: Iterator[dict[str, Any]], handler: Any) -> Iterator[dict[str, Any]]:
+    """Open each shard (a path, or an object-store URI streamed through ``shards.storage``)."""
+    for item in urls:
+        url = item["url"]
+        try:
+            stream = storage.open_stream(url) if storage.has_scheme(url) else open(url, "rb")
+        except Exception as exn:  # noqa: BLE001 - the handler decides: skip and count, or raise
+            exn.args = exn.args + (url,)
+            if handler(exn):
+                continue
+            break
+        try:
+            yield {**item, "stream": stream}
+        finally:
+            stream.close()
+
+
+def shard_samples(urls: Iterator[dict[str, Any]], handler: Any) -> Iterator[dict[str, Any]]:
+    """Tar samples ({"__key__", member: bytes}) of the shards, without the raw audio."""
+    files = tar_file_expander(open_shards(urls, handler), handler=handler, select_files=wanted_member)
+    return group_by_keys(files, handler=handler)
+
+
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -309,7 +441,8 @@ class WindowStream(IterableDataset):
     def __init__(self, urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig,
                  data_cfg: Any, split: str, seed: int, batch_size: int, rank: int = 0,
                  world_size: int = 1, resample: bool = True, consumed_batches: int = 0,
-                 multipliers: dict[str, float] | None = None, split_by_rank: bool = False):
+                 multipliers: dict[str, float] | None = None, split_by_rank: bool = False,
+                 keys: frozenset[str] | None = None):
         if not urls:
             raise FileNotFoundError(f"no shards hold '{split}' clips")
         self.urls = list(urls)
@@ -324,6 +457,7 @@ class WindowStream(IterableDataset):
         self.consumed_batches = consumed_batches
         self.multipliers = multipliers or {}
         self.split_by_rank = split_by_rank
+        self.keys = keys  # the manifest's kept clips of this split; None: every sample of the split
         self.sampler = WindowSampler(model_cfg.w_pre, model_cfg.w_cur, data_cfg.truncate_prob,
                                      data_cfg.min_cur, data_cfg.first_window_prob)
 
@@ -352,7 +486,7 @@ class WindowStream(IterableDataset):
             source = [wds.SimpleShardList(self.urls), wds.split_by_worker]
         stages = source + [
             health.count_visits,
-            wds.tarfile_to_samples(handler=health.handler, select_files=wanted_member),
+            functools.partial(shard_samples, handler=health.handler),
             functools.partial(self._clips, health=health),
         ]
         if self.resample:
@@ -373,7 +507,7 @@ class WindowStream(IterableDataset):
     def _clips(self, samples: Iterator[dict[str, Any]], health: StreamHealth) -> Iterator[Clip]:
         for raw in samples:
             try:
-                clip = decode_clip(raw, self.split, self.normalizer, self.model_cfg.audio_dim)
+                clip = decode_clip(raw, self.split, self.normalizer, self.model_cfg.audio_dim, self.keys)
             except Exception as exn:  # noqa: BLE001 - the handler decides: skip and count, or raise
                 exn.args = exn.args + (raw.get("__url__"),)
                 health.handler(exn)
@@ -441,14 +575,14 @@ def make_loader(stream: WindowStream, num_workers: int, pin_memory: bool = False
 
 
 def first_clip(urls: list[str], split: str, normalizer: Normalizer, audio_dim: int,
-               max_consecutive_errors: int = 1000) -> Clip:
+               max_consecutive_errors: int = 1000, keys: frozenset[str] | None = None) -> Clip:
     """The first readable clip of a split, read before training so bad inputs fail before step 1."""
     health = StreamHealth(max_consecutive_errors, len(urls))
     samples = wds.DataPipeline(wds.SimpleShardList(urls),
-                               wds.tarfile_to_samples(handler=health.handler, select_files=wanted_member))
+                               functools.partial(shard_samples, handler=health.handler))
     for raw in samples:
         try:
-            clip = decode_clip(raw, split, normalizer, audio_dim)
+            clip = decode_clip(raw, split, normalizer, audio_dim, keys)
         except Exception as exn:  # noqa: BLE001 - configuration errors re-raise in the handler
             health.handler(exn)
             continue
@@ -456,3 +590,33 @@ def first_clip(urls: list[str], split: str, normalizer: Normalizer, audio_dim: i
             return clip
     raise DataStreamError(f"no readable '{split}' clip in {len(urls)} shard(s) "
                           f"({health.errors} unreadable samples or shards)")
+
+
+def validation_batches(urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig, data_cfg: Any,
+                       seed: int, n_batches: int, batch_size: int,
+                       keys: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """``n_batches`` batches of validation windows drawn from the whole validation split.
+
+    One pass tiles every validation clip as inference does; a reservoir sample with a fixed seed
+    keeps ``n_batches * batch_size`` of the windows, each equally likely whichever shard it is in,
+    so the validation loss describes the split rather than its first shards. Kept in stream order.
+    """
+    wanted = n_batches * batch_size
+    if not urls or wanted <= 0:
+        return []
+    stream = WindowStream(urls, normalizer, model_cfg, data_cfg, "val", seed, 1, resample=False, keys=keys)
+    rng = np.random.default_rng([seed, 7])
+    reservoir: list[tuple[int, dict[str, Any]]] = []  # (position in the stream, one-window batch)
+    for position, window in enumerate(stream):
+        if len(reservoir) < wanted:
+            reservoir.append((position, window))
+        elif (slot := int(rng.integers(position + 1))) < wanted:
+            reservoir[slot] = (position, window)
+    windows = [w for _, w in sorted(reservoir, key=lambda item: item[0])]
+    batches = []
+    for start in range(0, len(windows), batch_size):
+        group = windows[start:start + batch_size]
+        batch: dict[str, Any] = {k: torch.cat([w[k] for w in group]) for k in ("motion", "audio", "valid", "first")}
+        batch["keys"] = [k for w in group for k in w["keys"]]
+        batches.append(batch)
+    return batches

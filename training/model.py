@@ -18,6 +18,14 @@ sampled at the same 25 fps, so alignment is known and need not be learned, and t
 self-attention spreads audio context across frames. ``audio_radius=k`` widens this to ``+-k``
 frames. For classifier-free guidance the whole audio sequence is replaced by a learned null token.
 
+With ``audio_radius=0`` each query's softmax runs over a single key, so its weight is exactly 1 and
+the cross-attention output is the value projection of the frame's own audio token: the layers
+compute that directly (:meth:`DecoderLayer.own_frame_attention`), the same function at a fraction
+of the cost; attention dropout then drops that single weight per head and query, as the masked
+attention would. ``MotionDenoiser.single_key_cross_attention = False`` runs the masked attention
+instead (the reference the tests compare against). The layers keep the parameter names of
+``nn.TransformerDecoderLayer``, so weights load into either.
+
 The network predicts ``x0`` for all ``w_pre + w_cur`` frames; the output layer starts at zero so an
 untrained model predicts the dataset mean (zero in normalised units).
 """
@@ -28,6 +36,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -94,6 +103,75 @@ def audio_attention_mask(w_pre: int, window: int, radius: int) -> torch.Tensor:
     return (token_frame[:, None] - audio_frame[None, :]).abs() > radius
 
 
+class DecoderLayer(nn.Module):
+    """A pre-norm transformer decoder layer (self-attention, cross-attention, GELU MLP), computed
+    as ``nn.TransformerDecoderLayer(norm_first=True, batch_first=True)`` does, with the same
+    parameter names, plus the single-key cross-attention of ``audio_radius=0``."""
+
+    def __init__(self, width: int, heads: int, ff_width: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(width, ff_width)
+        self.linear2 = nn.Linear(ff_width, width)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def own_frame_attention(self, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Cross-attention when every query sees exactly one audio frame, ``rows[i]`` for query i.
+
+        The softmax over one key is 1, so the output is ``out_proj(value(memory[rows]))``; in
+        training, attention dropout zeroes that weight per (sample, query, head) with the masked
+        attention's probability and rescaling.
+        """
+        attn = self.multihead_attn
+        width = memory.shape[-1]
+        value = F.linear(memory, attn.in_proj_weight[2 * width:], attn.in_proj_bias[2 * width:])
+        value = value.index_select(1, rows)
+        if self.training and attn.dropout > 0:
+            batch, length = value.shape[:2]
+            keep = torch.empty(batch, length, self.heads, 1, dtype=value.dtype, device=value.device)
+            keep.bernoulli_(1.0 - attn.dropout).div_(1.0 - attn.dropout)
+            value = (value.view(batch, length, self.heads, -1) * keep).view(batch, length, width)
+        return attn.out_proj(value)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                own_frame_rows: torch.Tensor | None) -> torch.Tensor:
+        """``own_frame_rows`` given: the single-key cross-attention; None: the masked attention."""
+        h = self.norm1(x)
+        x = x + self.dropout1(self.self_attn(h, h, h, need_weights=False)[0])
+        if own_frame_rows is None:
+            h = self.norm2(x)
+            cross = self.multihead_attn(h, memory, memory, attn_mask=memory_mask, need_weights=False)[0]
+        else:
+            # The queries (norm2's output) cannot change a softmax over one key: norm2's gradient is
+            # exactly zero in the masked attention too. Saying so keeps DDP's every-parameter-has-a-
+            # gradient check (and the optimiser's state) as they were.
+            cross = self.own_frame_attention(memory, own_frame_rows) \
+                + 0.0 * (self.norm2.weight.sum() + self.norm2.bias.sum())
+        x = x + self.dropout2(cross)
+        h = self.norm3(x)
+        return x + self.dropout3(self.linear2(self.dropout(F.gelu(self.linear1(h)))))
+
+
+class Decoder(nn.Module):
+    """The layer stack and final norm, named as ``nn.TransformerDecoder`` names them."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg.width, cfg.heads, cfg.ff_mult * cfg.width, cfg.dropout)
+                                    for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                own_frame_rows: torch.Tensor | None) -> torch.Tensor:
+        for layer in self.layers:
+            tokens = layer(tokens, memory, memory_mask, own_frame_rows)
+        return self.norm(tokens)
+
+
 class MotionDenoiser(nn.Module):
     """``forward(x_t, t, prev_motion, audio, first_window, drop_audio) -> x0_hat``."""
 
@@ -109,10 +187,7 @@ class MotionDenoiser(nn.Module):
         self.null_audio = nn.Parameter(0.02 * torch.randn(cfg.audio_dim))
         self.token_type = nn.Parameter(0.02 * torch.randn(2, width))  # 0: context, 1: noisy
         self.step_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        layer = nn.TransformerDecoderLayer(
-            d_model=width, nhead=cfg.heads, dim_feedforward=cfg.ff_mult * width,
-            dropout=cfg.dropout, activation="gelu", batch_first=True, norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, num_layers=cfg.layers, norm=nn.LayerNorm(width))
+        self.decoder = Decoder(cfg)
         self.out = nn.Linear(width, cfg.motion_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -120,6 +195,10 @@ class MotionDenoiser(nn.Module):
                              persistent=False)
         self.register_buffer("memory_mask", audio_attention_mask(cfg.w_pre, window, cfg.audio_radius),
                              persistent=False)
+        # The audio frame each token reads (context frames, then the window's): radius 0 only.
+        self.register_buffer("own_frame_rows", torch.cat([torch.arange(cfg.w_pre), torch.arange(window)]),
+                             persistent=False)
+        self.single_key_cross_attention = cfg.audio_radius == 0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prev_motion: torch.Tensor,
                 audio: torch.Tensor, first_window: torch.Tensor,
@@ -152,5 +231,6 @@ class MotionDenoiser(nn.Module):
         noisy = self.noisy_in(x_t) + self.frame_pos + self.token_type[1]
         tokens = torch.cat([context, noisy], dim=1) + step
         memory = self.audio_in(audio) + self.frame_pos
-        hidden = self.decoder(tokens, memory, memory_mask=self.memory_mask)
+        rows = self.own_frame_rows if self.single_key_cross_attention else None
+        hidden = self.decoder(tokens, memory, self.memory_mask, rows)
         return self.out(hidden[:, cfg.w_pre:])

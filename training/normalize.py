@@ -1,8 +1,10 @@
 """Normalisation of the 70-dim motion vector and the audio features, from the pipeline's stats file.
 
 Expression dims (the first 63) are z-scored; pose dims (scale, t, pitch/yaw/roll) are min-max
-scaled to [-1, 1] (REFERENCE §3). Audio features are z-scored when the stats carry them. The stats
-come from the training split only, are saved in every checkpoint and must be the same at inference.
+scaled to [-1, 1] (REFERENCE §3) by the statistics' range, which leaves out each clip's few most
+extreme frames (``shards.stats``), so a normalised pose may fall slightly outside [-1, 1]. Audio
+features are z-scored when the stats carry them. The stats come from the training split only,
+are saved in every checkpoint and must be the same at inference.
 Works on numpy arrays and torch tensors alike (last axis = feature).
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from shards import storage
 from shards.vector import EXP_DIMS, POSE_DIMS, VECTOR_DIM
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -27,13 +30,14 @@ class StatsError(ValueError):
 
 
 def load_stats(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
+    """The statistics file at ``path`` (a path or an object-store URI), validated."""
+    path = str(path)
+    if not storage.is_file(path):
         raise StatsError(f"normalisation statistics not found: {path} (the pipeline writes "
                          "OUT/stats.json from the training split; pass data.stats=PATH to use another)")
     try:
-        stats = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        stats = json.loads(storage.read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StatsError(f"statistics file {path} is not valid JSON: {exc}") from exc
     Normalizer(stats)  # validates
     return stats

@@ -4,27 +4,21 @@ Each frame drives the canonical keypoints as LivePortrait does (``x = s (x_c R +
 depth (orthographic projection: LivePortrait's keypoint space has x right and y down over about
 [-1, 1] of the face crop), and draws the points, lips and eyes in their own colours, plus the head's
 axes (the rows of ``R``: where the canonical x, y and z axes point). Frames are drawn and encoded one
-at a time (H.264 at 25 fps, AAC audio, through PyAV), so memory does not grow with the audio length.
+at a time (``training.video_out``: H.264 at 25 fps, AAC audio), so memory does not grow with the audio length.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
+from shards.format import FPS
 from shards.pose import transform_keypoints
-from shards.format import FPS, SAMPLE_RATE
 from shards.vector import vector_to_motion
-from training.template import (
-    EYE_KEYPOINTS,
-    LIP_KEYPOINTS,
-    atomic_output,
-    neutral_canonical_kp,
-)
+from training.template import EYE_KEYPOINTS, LIP_KEYPOINTS, neutral_canonical_kp
+from training.video_out import TalkingVideoWriter
 
-AUDIO_FRAME = 1024  # samples per AAC frame
 COLOURS = {"face": (200, 200, 200), "lip": (235, 60, 60), "eye": (70, 140, 255),
            "axis_x": (230, 60, 60), "axis_y": (60, 200, 60), "axis_z": (70, 110, 255)}
 AXIS_LENGTH = 0.35  # in keypoint units, before the frame's scale
@@ -73,38 +67,11 @@ def render_preview(vector: np.ndarray, audio: np.ndarray, path: str | Path,
           else np.asarray(kp_c, dtype=np.float32).reshape(21, 3))
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with av.open(str(tmp), mode="w") as container:
-            video = container.add_stream("libx264", rate=FPS)
-            video.width = video.height = size
-            video.pix_fmt = "yuv420p"
-            video.options = {"crf": "23", "preset": "veryfast"}
-            sound = container.add_stream("aac", rate=SAMPLE_RATE)
-            sound.layout = "mono"
-            audio_sent = 0
-
-            def send_audio(until: int) -> None:
-                nonlocal audio_sent
-                until = min(until, len(audio))
-                while audio_sent < until:
-                    chunk = audio[audio_sent:audio_sent + AUDIO_FRAME]
-                    frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-                    frame.sample_rate = SAMPLE_RATE
-                    frame.pts = audio_sent
-                    container.mux(sound.encode(frame))
-                    audio_sent += len(chunk)
-
-            for i in range(len(vector)):
-                x_d = transform_keypoints(kp, motion["scale"][i], motion["R"][i],
-                                          motion["exp"][i], motion["t"][i])
-                centre = x_d.mean(axis=0)
-                angles = (float(motion["pitch"][i]), float(motion["yaw"][i]),
-                          float(motion["roll"][i]))
-                img = draw_frame(x_d, motion["R"][i], float(motion["scale"][i, 0]), centre,
-                                 angles, i, size)
-                container.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-                send_audio(-(-(i + 1) * SAMPLE_RATE // FPS // AUDIO_FRAME) * AUDIO_FRAME)
-            send_audio(len(audio))
-            container.mux(video.encode())
-            container.mux(sound.encode())
+    with TalkingVideoWriter(path, size, size, audio, crf=23) as out:
+        for i in range(len(vector)):
+            x_d = transform_keypoints(kp, motion["scale"][i], motion["R"][i],
+                                      motion["exp"][i], motion["t"][i])
+            centre = x_d.mean(axis=0)
+            angles = (float(motion["pitch"][i]), float(motion["yaw"][i]), float(motion["roll"][i]))
+            out.write(draw_frame(x_d, motion["R"][i], float(motion["scale"][i, 0]), centre, angles, i, size))
     return path

@@ -12,7 +12,7 @@ local one; rank 0 writes the checkpoint and logs, so on several nodes RUN_DIR an
 storage every node sees.
 
 The loop, one optimiser step per batch: diffuse the clean windows to a random step, drop the audio
-condition with p = 0.1, predict x0, masked losses, AdamW with warmup then cosine decay, gradient
+condition with p = 0.1, predict x0, masked losses, AdamW (or the paper's Adam, ``optim.name``) with warmup then cosine decay, gradient
 clipping, EMA. Every ``train.ckpt_every`` steps a checkpoint is written atomically to
 ``RUN_DIR/checkpoint.pt``; ``--resume`` restores everything it holds (weights, EMA, optimiser,
 scheduler, every random generator, data-stream position) so the resumed run matches a straight
@@ -31,6 +31,8 @@ import random
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,12 +43,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs import load_config, save_config, to_dict
 from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from training.data import (DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
-                           dataset_multipliers, find_inputs, first_clip, make_loader, to_model_inputs)
+from training.data import (DataInputs, DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
+                           dataset_multipliers, find_inputs, first_clip, make_loader, resolve_audio_dim,
+                           to_model_inputs, validation_batches)
 from training.diffusion import Diffusion
 from training.losses import LossWeights, motion_losses
 from training.model import ModelConfig, MotionDenoiser
-from training.normalize import Normalizer, load_stats
+from training.normalize import Normalizer
 
 log = logging.getLogger("training")
 
@@ -72,14 +75,35 @@ def lr_factor(step: int, warmup: int, decay_steps: int, min_ratio: float) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and token tables, not on biases and norms (as nanoGPT)."""
+OPTIMIZERS = ("adam", "adamw")
+
+
+def fused_enabled(cfg: DictConfig, device: torch.device | None) -> bool:
+    """``optim.fused``: true, false or auto (the fused kernels on CUDA only)."""
+    choice = cfg.optim.get("fused", "auto")
+    if choice == "auto":
+        return device is not None and device.type == "cuda"
+    return bool(choice)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: DictConfig,
+                   device: torch.device | None = None) -> torch.optim.Optimizer:
+    """``optim.name``: ``adamw`` with weight decay on matrices and token tables, not on biases and
+    norms (as nanoGPT), or ``adam``, the paper's plain Adam (§4.2; ``weight_decay`` unused)."""
+    name = cfg.optim.get("name", "adamw")
     params = [p for p in model.parameters() if p.requires_grad]
+    options = {"lr": cfg.optim.lr, "betas": tuple(cfg.optim.betas)}
+    if fused_enabled(cfg, device):
+        options["fused"] = True
+    if name == "adam":
+        return torch.optim.Adam(params, **options)
+    if name != "adamw":
+        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    return torch.optim.AdamW(groups, **options)
 
 
 # ----------------------------------------------------------------------------- distributed helpers
@@ -147,21 +171,27 @@ def validation_loss(model: torch.nn.Module, diffusion: Diffusion, batches: list[
     return total / max(1, len(batches))
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- set-up helpers
 
-def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool = False,
-          rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> dict[str, Any]:
-    run_dir = Path(run_dir)
-    main_rank = rank == 0
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+@dataclass
+class RunInputs:
+    """What a run reads before it builds anything: data locations, statistics, the checkpoint."""
+    inputs: DataInputs
+    stats: dict[str, Any]
+    normalizer: Normalizer
+    model_cfg: ModelConfig
+    multipliers: dict[str, float]
+    state: dict[str, Any] | None  # the checkpoint of a resumed run
 
-    # Inputs, checked before anything trains.
+
+def load_run_inputs(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: bool) -> RunInputs:
+    """Inputs, checked before anything trains (a bad shard or width fails before step 1)."""
     if cfg.train.precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f"train.precision must be bf16, fp16 or fp32, got {cfg.train.precision!r}")
+    if cfg.optim.get("name", "adamw") not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.optim.name!r}")
     inputs = find_inputs(shards, cfg.data.stats, cfg.data.manifest)
-    stats = load_stats(inputs.stats_path)
+    stats = inputs.load_stats()
     state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
     if state is not None:
         check_resume_compatible(state, cfg)
@@ -169,149 +199,244 @@ def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool
             log.warning("stats file changed since the checkpoint; continuing with the checkpoint's stats")
         stats = state["stats"]
     normalizer = Normalizer(stats)
+    cfg.model.audio_dim = resolve_audio_dim(cfg.model.audio_dim, normalizer.audio_dim)
     model_cfg = ModelConfig.from_dict(to_dict(cfg.model))
-    if normalizer.audio_dim is not None and normalizer.audio_dim != model_cfg.audio_dim:
-        raise FeatureWidthError(f"stats describe {normalizer.audio_dim}-wide audio features but "
-                                f"model.audio_dim is {model_cfg.audio_dim}")
-    first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim)  # width check
+    first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim,
+               keys=inputs.keys["train"])  # width check
     multipliers = dataset_multipliers(inputs.manifest_path, dict(cfg.data.dataset_weights))
+    return RunInputs(inputs, stats, normalizer, model_cfg, multipliers, state)
 
-    # Model, diffusion, optimiser, EMA: identical on every rank.
+
+@dataclass
+class Trainer:
+    """The trained state and what updates it; everything a checkpoint holds besides the data position."""
+    model: MotionDenoiser
+    train_model: torch.nn.Module  # the model as the step calls it (DDP-wrapped, compiled)
+    diffusion: Diffusion
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: EMA
+    weights: LossWeights
+    noise: torch.Generator  # diffusion steps, noise and condition dropping
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler
+    step: int = 0
+
+
+def autocast_for(cfg: DictConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
+    """(autocast context, whether fp16 needs a gradient scaler). Mixed precision runs on the GPU;
+    on the CPU only with ``train.cpu_autocast`` and bf16, a choice (faster, not exact)."""
+    precision = cfg.train.precision
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype), dtype == torch.float16
+    if device.type == "cpu" and precision == "bf16" and cfg.train.get("cpu_autocast", False):
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16), False
+    return contextlib.nullcontext(), False
+
+
+def compile_enabled(cfg: DictConfig, device: torch.device) -> bool:
+    """``train.compile``: true, false or auto (on CUDA only, where the compiled graph pays)."""
+    choice = cfg.train.get("compile", False)
+    return device.type == "cuda" if choice == "auto" else bool(choice)
+
+
+def build_trainer(cfg: DictConfig, model_cfg: ModelConfig, device: torch.device, rank: int,
+                  world_size: int, state: dict[str, Any] | None) -> Trainer:
+    """Model, diffusion, optimiser, EMA: identical on every rank; restored from ``state`` if given."""
     torch.manual_seed(cfg.seed)
     model = MotionDenoiser(model_cfg).to(device)
-    diffusion = Diffusion(cfg.diffusion.steps, cfg.diffusion.cosine_s)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, device)
     decay_steps = cfg.optim.decay_steps or cfg.train.max_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, cfg.optim.warmup_steps, decay_steps, cfg.optim.min_lr_ratio))
     ema = EMA(model, beta=cfg.optim.ema_beta, update_after_step=cfg.optim.ema_update_after,
               update_every=1, include_online_model=False)
-    weights = LossWeights.from_dict(to_dict(cfg.loss))
     noise = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, like the data
-    step = 0
+    autocast, needs_scaler = autocast_for(cfg, device)
+    trainer = Trainer(model, model, Diffusion(cfg.diffusion.steps, cfg.diffusion.cosine_s), optimizer,
+                      scheduler, ema, LossWeights.from_dict(to_dict(cfg.loss)), noise, autocast,
+                      torch.amp.GradScaler("cuda", enabled=needs_scaler))
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        rngs = state["rng"]
-        if len(rngs) != world_size or state["data_state"]["loader_workers"] != cfg.data.num_workers:
-            log.warning("resuming with a different number of ranks or loader workers: the run "
-                        "continues but will not repeat a straight run exactly")
-        set_rng_state(rngs[rank % len(rngs)], noise)
-        log.info("resumed from step %d", step)
-
-    train_model = model
+        restore(trainer, state, cfg, rank, world_size)
     if world_size > 1:
         from ray.train.torch import prepare_model
-        train_model = prepare_model(model, move_to_device=False)
+        trainer.train_model = prepare_model(model, move_to_device=False)
+    if compile_enabled(cfg, device):
+        trainer.train_model = torch.compile(trainer.train_model)
+    return trainer
 
-    use_amp = device.type == "cuda" and cfg.train.precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
-    autocast = (torch.autocast(device_type="cuda", dtype=amp_dtype) if use_amp
-                else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
+def restore(trainer: Trainer, state: dict[str, Any], cfg: DictConfig, rank: int, world_size: int) -> None:
+    """Continue from a checkpoint: weights, EMA, optimiser, schedule, step and random generators."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.ema.load_state_dict(state["ema"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step = int(state["step"])
+    rngs = state["rng"]
+    if len(rngs) != world_size or state["data_state"]["loader_workers"] != cfg.data.num_workers:
+        log.warning("resuming with a different number of ranks or loader workers: the run "
+                    "continues but will not repeat a straight run exactly")
+    set_rng_state(rngs[rank % len(rngs)], trainer.noise)
+    log.info("resumed from step %d", trainer.step)
+
+
+def data_streams(cfg: DictConfig, run: RunInputs, device: torch.device, rank: int, world_size: int,
+                 step: int, main_rank: bool) -> tuple[Iterator[dict[str, torch.Tensor]], list[ModelBatch]]:
+    """The training batches (resuming at ``step``) and, on rank 0, the fixed validation batches."""
+    inputs, normalizer, model_cfg = run.inputs, run.normalizer, run.model_cfg
     stream = WindowStream(inputs.shards["train"], normalizer, model_cfg, cfg.data, "train", cfg.seed,
                           cfg.data.batch_size, rank, world_size, resample=True,
-                          consumed_batches=step, multipliers=multipliers,
-                          split_by_rank=inputs.manifest_path is not None)
+                          consumed_batches=step, multipliers=run.multipliers,
+                          split_by_rank=inputs.manifest_path is not None, keys=inputs.keys["train"])
     batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda"))
-    val_batches = load_val_batches(inputs.shards["val"], normalizer, model_cfg, cfg, device) \
-        if main_rank else []
+    val_batches = [to_model_inputs(b, normalizer, device) for b in validation_batches(
+        inputs.shards["val"], normalizer, model_cfg, cfg.data, cfg.seed, cfg.train.val_batches,
+        cfg.data.batch_size, keys=inputs.keys["val"])] if main_rank else []
+    if main_rank and not val_batches:
+        log.warning("no validation clips: validation loss is skipped")
+    return batches, val_batches
 
-    writer = None
-    if main_rank:
+
+def optimizer_step(trainer: Trainer, mb: ModelBatch, cfg: DictConfig, w_pre: int
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One update: loss, backward, clipping, optimiser, schedule, EMA. Returns (loss, parts, grad norm)."""
+    loss, parts = step_loss(trainer.train_model, trainer.diffusion, mb, trainer.weights, w_pre,
+                            cfg.diffusion.cfg_drop_prob, trainer.noise, trainer.autocast)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.optim.grad_clip)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    trainer.ema.update()
+    trainer.step += 1
+    return loss, parts, grad_norm
+
+
+class RunLog:
+    """Rank 0's record of a run: TensorBoard, the progress bar and the loss history."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, step: int):
+        from torch.utils.tensorboard import SummaryWriter
+
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(run_dir / "tb"))
-    progress = None
-    if main_rank and cfg.train.progress:
-        from tqdm import tqdm
-        progress = tqdm(total=cfg.train.max_steps, initial=step, unit="step", dynamic_ncols=True)
+        self.writer = SummaryWriter(str(run_dir / "tb"))
+        self.progress = None
+        if cfg.train.progress:
+            from tqdm import tqdm
+            self.progress = tqdm(total=cfg.train.max_steps, initial=step, unit="step", dynamic_ncols=True)
+        self.history: dict[str, list] = {"loss": [], "val": []}
 
-    errors_by_worker: dict[int, int] = {}
-    history: dict[str, Any] = {"loss": [], "val": []}
+    def train_step(self, step: int, loss: torch.Tensor, parts: dict[str, torch.Tensor], lr: float,
+                   grad_norm: torch.Tensor, skipped: int) -> None:
+        loss_value = float(loss.detach())
+        self.history["loss"].append((step, loss_value))
+        self.writer.add_scalar("train/loss", loss_value, step)
+        for name, value in parts.items():
+            self.writer.add_scalar(f"train/{name}", float(value.detach()), step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/grad_norm", float(grad_norm), step)
+        self.writer.add_scalar("data/skipped_errors", skipped, step)
+        if self.progress is not None:
+            self.progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", skipped=skipped,
+                                      refresh=False)
 
-    def validate() -> None:
-        val = validation_loss(model, diffusion, val_batches, weights, model_cfg.w_pre, cfg.seed, autocast)
-        val_ema = validation_loss(ema.ema_model, diffusion, val_batches, weights, model_cfg.w_pre,
-                                  cfg.seed, autocast)
-        history["val"].append((step, val, val_ema))
-        assert writer is not None
-        writer.add_scalar("val/loss", val, step)
-        writer.add_scalar("val/loss_ema", val_ema, step)
+    def validate(self, trainer: Trainer, val_batches: list[ModelBatch], cfg: DictConfig, w_pre: int) -> None:
+        """Validation loss of the model and of its EMA, with fixed steps and noise."""
+        step = trainer.step
+        val = validation_loss(trainer.model, trainer.diffusion, val_batches, trainer.weights, w_pre,
+                              cfg.seed, trainer.autocast)
+        val_ema = validation_loss(trainer.ema.ema_model, trainer.diffusion, val_batches, trainer.weights,
+                                  w_pre, cfg.seed, trainer.autocast)
+        self.history["val"].append((step, val, val_ema))
+        self.writer.add_scalar("val/loss", val, step)
+        self.writer.add_scalar("val/loss_ema", val_ema, step)
         log.info("step %d: val loss %.4f (EMA %.4f)", step, val, val_ema)
 
-    if val_batches and step == 0:
-        validate()  # the untrained baseline
-    started, start_step = time.time(), step
-    model.train()
-    while step < cfg.train.max_steps:
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.writer.close()
+
+
+def save_run_checkpoint(path: Path, trainer: Trainer, run: RunInputs, cfg: DictConfig,
+                        rngs: list[dict[str, Any]], world_size: int) -> None:
+    save_checkpoint(path, {
+        "model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+        "step": trainer.step, "rng": rngs,
+        "data_state": {"batches_consumed": trainer.step, "loader_workers": cfg.data.num_workers,
+                       "world_size": world_size, "seed": cfg.seed},
+        "model_config": run.model_cfg.to_dict(), "stats": run.stats, "train_config": to_dict(cfg)})
+
+
+def run_summary(trainer: Trainer, start_step: int, elapsed: float, world_size: int, skipped: int,
+                history: dict[str, list]) -> dict[str, Any]:
+    """The run's summary (summary.json); every rank takes part in gathering the digests."""
+    digests = gather(param_digest(trainer.model))
+    skipped_all = sum(gather(skipped))
+    step = trainer.step
+    return {"step": step, "steps_run": step - start_step, "elapsed_s": elapsed,
+            "steps_per_s": (step - start_step) / elapsed if elapsed > 0 else None,
+            "world_size": world_size, "skipped_errors": skipped_all, "param_digests": digests,
+            "replicas_identical": len(set(digests)) == 1,
+            "final_loss": history["loss"][-1][1] if history["loss"] else None,
+            "loss_history": history["loss"], "val_history": history["val"]}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool = False,
+          rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> dict[str, Any]:
+    """Train (or continue) one run; returns its summary. Set-up, the loop, checkpoint and log."""
+    run_dir = Path(run_dir)
+    main_rank = rank == 0
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = load_run_inputs(cfg, shards, run_dir, resume)
+    w_pre = run.model_cfg.w_pre
+    trainer = build_trainer(cfg, run.model_cfg, device, rank, world_size, run.state)
+    batches, val_batches = data_streams(cfg, run, device, rank, world_size, trainer.step, main_rank)
+    run_log = RunLog(cfg, run_dir, trainer.step) if main_rank else None
+    if run_log is not None and val_batches and trainer.step == 0:
+        run_log.validate(trainer, val_batches, cfg, w_pre)  # the untrained baseline
+
+    errors_by_worker: dict[int, int] = {}
+    started, start_step = time.time(), trainer.step
+    trainer.model.train()
+    while trainer.step < cfg.train.max_steps:
         batch = next(batches)
         errors_by_worker[int(batch["worker"])] = int(batch["errors"])
-        mb = to_model_inputs(batch, normalizer, device)
-        loss, parts = step_loss(train_model, diffusion, mb, weights, model_cfg.w_pre,
-                                cfg.diffusion.cfg_drop_prob, noise, autocast)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        ema.update()
-        step += 1
+        mb = to_model_inputs(batch, run.normalizer, device)
+        loss, parts, grad_norm = optimizer_step(trainer, mb, cfg, w_pre)
+        step, last = trainer.step, trainer.step == cfg.train.max_steps
 
-        if main_rank and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
-            loss_value = float(loss.detach())
-            history["loss"].append((step, loss_value))
-            assert writer is not None
-            writer.add_scalar("train/loss", loss_value, step)
-            for name, value in parts.items():
-                writer.add_scalar(f"train/{name}", float(value.detach()), step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            writer.add_scalar("train/grad_norm", float(grad_norm), step)
-            writer.add_scalar("data/skipped_errors", sum(errors_by_worker.values()), step)
-            if progress is not None:
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                     skipped=sum(errors_by_worker.values()), refresh=False)
-        if progress is not None:
-            progress.update(1)
-
-        if main_rank and val_batches and (step % cfg.train.val_every == 0 or step == cfg.train.max_steps):
-            validate()
-
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.max_steps:
-            rngs = gather(rng_state(noise))  # every rank takes part
+        if run_log is not None:
+            if step % cfg.train.log_every == 0 or last:
+                run_log.train_step(step, loss, parts, trainer.scheduler.get_last_lr()[0], grad_norm,
+                                   sum(errors_by_worker.values()))
+            if run_log.progress is not None:
+                run_log.progress.update(1)
+            if val_batches and (step % cfg.train.val_every == 0 or last):
+                run_log.validate(trainer, val_batches, cfg, w_pre)
+        if step % cfg.train.ckpt_every == 0 or last:
+            rngs = gather(rng_state(trainer.noise))  # every rank takes part
             if main_rank:
-                save_checkpoint(run_dir / CHECKPOINT_NAME, {
-                    "model": model.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "step": step, "rng": rngs,
-                    "data_state": {"batches_consumed": step, "loader_workers": cfg.data.num_workers,
-                                   "world_size": world_size, "seed": cfg.seed},
-                    "model_config": model_cfg.to_dict(), "stats": stats, "train_config": to_dict(cfg)})
+                save_run_checkpoint(run_dir / CHECKPOINT_NAME, trainer, run, cfg, rngs, world_size)
 
     elapsed = time.time() - started
-    if progress is not None:
-        progress.close()
-    digests = gather(param_digest(model))
-    skipped = sum(gather(sum(errors_by_worker.values())))
-    summary = {"step": step, "steps_run": step - start_step, "elapsed_s": elapsed,
-               "steps_per_s": (step - start_step) / elapsed if elapsed > 0 else None,
-               "world_size": world_size, "skipped_errors": skipped, "param_digests": digests,
-               "replicas_identical": len(set(digests)) == 1,
-               "final_loss": history["loss"][-1][1] if history["loss"] else None,
-               "loss_history": history["loss"], "val_history": history["val"]}
-    if main_rank:
-        assert writer is not None
-        writer.close()
+    history = run_log.history if run_log is not None else {"loss": [], "val": []}
+    summary = run_summary(trainer, start_step, elapsed, world_size, sum(errors_by_worker.values()), history)
+    if run_log is not None:
+        run_log.close()
         tmp = run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(run_dir / "summary.json")
@@ -327,24 +452,6 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
     if saved.get("diffusion") != to_dict(cfg.diffusion):
         raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
                               f"checkpoint's {saved.get('diffusion')}")
-
-
-def load_val_batches(urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig,
-                     cfg: DictConfig, device: torch.device) -> list[ModelBatch]:
-    """The first ``train.val_batches`` batches of validation windows, kept for the whole run."""
-    if not urls or cfg.train.val_batches <= 0:
-        log.warning("no validation shards: validation loss is skipped")
-        return []
-    stream = WindowStream(urls, normalizer, model_cfg, cfg.data, "val", cfg.seed, cfg.data.batch_size,
-                          resample=False)
-    out = []
-    for batch in stream:
-        out.append(to_model_inputs(batch, normalizer, device))
-        if len(out) == cfg.train.val_batches:
-            break
-    if not out:
-        log.warning("no validation clips in the shards: validation loss is skipped")
-    return out
 
 
 # ----------------------------------------------------------------------------- Ray Train
@@ -371,10 +478,17 @@ def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: b
 
     use_gpu = torch.cuda.is_available()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+        from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, address_from_environment,
+                                         join_cluster, start_local)
+
+        timeout_s = float(OmegaConf.select(cfg, "ray.connect_timeout_s", default=DEFAULT_CONNECT_TIMEOUT_S))
+        if address_from_environment():  # a cluster named by RAY_ADDRESS, e.g. under `ray job submit`
+            join_cluster(None, timeout_s, ADDRESS_ENV, log_to_driver=True)  # RayAddressError: exit 2
+        else:  # a new local Ray, never the cluster the machine last recorded
+            start_local(include_dashboard=False, log_to_driver=True)
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"cfg": to_dict(cfg), "shards": str(Path(shards).resolve()),
+        train_loop_config={"cfg": to_dict(cfg), "shards": str(shards) if "://" in str(shards) else str(Path(shards).resolve()),
                            "run_dir": str(run_dir.resolve()), "resume": resume},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(name="train", storage_path=str((run_dir / "ray").resolve())),

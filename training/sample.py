@@ -204,6 +204,18 @@ def smooth_pose_dims(vector: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def recorded_input_settings(record: Any) -> dict[str, Any] | None:
+    """The encoder input settings the training features were made with, from the record's model id
+    (``name;do_normalize=...``); a record from before settings were recorded means the raw waveform
+    (``do_normalize`` false); None (the folder's own file) when the record names no model id."""
+    from models.audio_inputs import settings_from_id
+
+    model_id = record.get("model_id") if hasattr(record, "get") else None
+    if not model_id:
+        return None
+    return settings_from_id(str(model_id)) or {"do_normalize": False}
+
+
 def build_audio_encoder(choice: str | None, generator: MotionGenerator, device: str,
                         weights_dir: str | None = None):
     """The AudioEncoder for ``choice`` (see :func:`encoder_arguments`), else the recorded one."""
@@ -216,7 +228,8 @@ def build_audio_encoder(choice: str | None, generator: MotionGenerator, device: 
                             "shards were built with)")
     weights, random_config = encoder_arguments(record, weights_dir)
     try:
-        encoder = AudioEncoder(weights, device=device, random_config=random_config)
+        encoder = AudioEncoder(weights, device=device, random_config=random_config,
+                               preprocessor=None if choice else recorded_input_settings(record))
     except Exception as exc:
         raise BadInputError(f"cannot load audio encoder {record}: {type(exc).__name__}: {exc}") from exc
     if encoder.dim != generator.audio_dim:

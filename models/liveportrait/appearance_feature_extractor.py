@@ -9,12 +9,18 @@ Input (B, 3, 256, 256) RGB in [0, 1] (uint8 / 255, no mean/std); output (B, 32, 
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.liveportrait.blocks import DownBlock2d, ResBlock3d, SameBlock2d, load_network
+from models.liveportrait.blocks import (
+    DownBlock2d,
+    ResBlock3d,
+    SameBlock2d,
+    load_network,
+)
 
 REGISTRY_NAME = "liveportrait_appearance_feature_extractor"
 
@@ -32,7 +38,7 @@ class AppearanceFeatureExtractor(nn.Module):
         self.reshape_depth = reshape_depth
         self.first = SameBlock2d(image_channel, block_expansion)
         widths = [min(max_features, block_expansion * 2 ** i) for i in range(num_down_blocks + 1)]
-        self.down_blocks = nn.ModuleList(DownBlock2d(a, b) for a, b in zip(widths, widths[1:]))
+        self.down_blocks = nn.ModuleList(DownBlock2d(a, b) for a, b in itertools.pairwise(widths))
         self.second = nn.Conv2d(widths[-1], max_features, kernel_size=1)
         self.resblocks_3d = nn.Sequential()
         for i in range(num_resblocks):  # the official names are "3dr0".."3dr5"

@@ -8,15 +8,14 @@ state dict loaded strictly, with errors that name the file.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.weights import RANDOM, warn_random, weight_id
-
 
 # --- conv blocks (BatchNorm in eval mode: a per-channel affine from the checkpoint's statistics) ---
 
@@ -132,9 +131,12 @@ def read_checkpoint(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} weights not found: {path} (see `python -m models.weights verify`)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or pickled objects
+        raise ValueError(f"{path} is not a readable weights-only torch file: {e}") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")  # noqa: TRY004
     return state
 
 

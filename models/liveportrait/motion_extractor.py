@@ -59,8 +59,8 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official ``gamma * (x * relative) + beta + x``, with the per-channel factors folded
         # first so the (B, H, W, 4C) tensor sees one multiply and one add, and the L2 norm written
-        # as a sum of squares: on ONNX Runtime the extractor runs 1.2x faster (its ReduceL2 over
-        # the spatial axes alone took a tenth of the forward); equal within float rounding.
+        # as a sum of squares, which ONNX Runtime fuses (its ReduceL2 over the spatial axes alone
+        # is a large share of the forward); equal within float rounding.
         spatial_norm = (x * x).sum(dim=(1, 2), keepdim=True).sqrt()
         relative = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + 1e-6)
         return x * (self.gamma * relative + 1.0) + self.beta
@@ -166,7 +166,7 @@ def load_motion_extractor(weights: str | Path, device: str | torch.device = "cpu
 
 
 def on_onnx_cpu(model: MotionExtractor, threads: int = 1, cache_dir: str | Path | None = None) -> OnnxCpu:
-    """The extractor on ONNX Runtime (CPU): same outputs within 1e-5, 1.3-1.4x the frames/s of eager (bench/models.py)."""
+    """The extractor on ONNX Runtime (CPU): same outputs within 1e-5, faster than eager (bench/models.py)."""
     return OnnxCpu(model, torch.zeros(2, 3, CROP_SIZE, CROP_SIZE), "liveportrait_motion_extractor",
                    output_names=OUTPUTS, threads=threads, cache_dir=cache_dir)
 

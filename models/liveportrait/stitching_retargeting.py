@@ -15,6 +15,7 @@ the ratios from LivePortrait's 203-point landmarks.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ class StitchingRetargetingNetwork(nn.Module):
         super().__init__()
         sizes = [input_size, *hidden_sizes]
         layers: list[nn.Module] = []
-        for a, b in zip(sizes, sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], output_size))
         self.mlp = nn.Sequential(*layers)
@@ -94,7 +95,7 @@ class StitchingRetargetingModule(nn.Module):
 
 def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a leading ``module.`` from every key (checkpoints saved from DistributedDataParallel)."""
-    return {(key[len(DDP_PREFIX):] if key.startswith(DDP_PREFIX) else key): value for key, value in state.items()}
+    return {(key.removeprefix(DDP_PREFIX)): value for key, value in state.items()}
 
 
 def load_stitching_retargeting(weights: str | Path, device: str | torch.device = "cpu",
@@ -113,7 +114,7 @@ def load_stitching_retargeting(weights: str | Path, device: str | torch.device =
         missing = [key for key in MLP_SIZES if not isinstance(state.get(key), dict)]
         if missing:
             raise ValueError(f"{weights} is not a LivePortrait {what} file: no state dict under "
-                             f"{missing} (has {sorted(state)[:6]})")
+                             f"{missing} (has {list(state)[:6]})")
         model = StitchingRetargetingModule()
         for key in MLP_SIZES:
             load_strict(getattr(model, key), strip_ddp_prefix(state[key]), weights, f"{what} ({key})")

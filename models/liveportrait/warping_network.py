@@ -11,6 +11,7 @@ the occlusion map. Names follow the official modules so ``warping_module.pth`` l
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ class Encoder(nn.Module):
     def __init__(self, block_expansion: int, in_features: int, num_blocks: int, max_features: int):
         super().__init__()
         widths = [in_features] + [min(max_features, block_expansion * 2 ** (i + 1)) for i in range(num_blocks)]
-        self.down_blocks = nn.ModuleList(DownBlock3d(a, b) for a, b in zip(widths, widths[1:]))
+        self.down_blocks = nn.ModuleList(DownBlock3d(a, b) for a, b in itertools.pairwise(widths))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = [x]

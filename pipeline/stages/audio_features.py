@@ -31,5 +31,7 @@ class AudioFeatureStage(Stage):
         clip.audio_feat = feat
 
     def describe(self) -> dict:
-        return {"model_id": getattr(self.encoder, "model_id", self.registry_name),
+        """The model id carries the input settings (``do_normalize`` and the rest, per window):
+        features of one checkpoint fed two ways differ, so the manifests say which way."""
+        return {"model_id": f"{self.encoder.model_id};{self.encoder.input_id}",
                 "weight_id": weight_id(self.weights)}

@@ -5,7 +5,10 @@ to track, and then, only for clips that pass, cut into the two crops the models 
 LivePortrait crop (256x256) and the SyncNet whole-face crop (224x224). A clip whose decoded frames
 fit in ``decode.reuse_frames_mb`` is decoded once and its frames kept for the crops; a longer one
 is streamed twice, so memory stays bounded by that setting and the clip length, never by the
-video's resolution. Only the crops leave the stage.
+video's resolution. Only the crops leave the stage, with what placed the LivePortrait crop
+(``crop_backend``: the landmark backend, or ``detector_box``) and the clip's face identity
+embedding (``identity.frames`` frames spread over the clip, on the tracked box, averaged), which
+the audit compares across splits.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import numpy as np
 from filters.cheap import check_faces
 from pipeline.clip import Clip
 from pipeline.decode import DecodeError, iter_video_chunks
+from models.face_identity import make_embedder
+from models.weights import weight_id
 from pipeline.faces import (LIVEPORTRAIT_SIZE, SYNCNET_SIZE, FaceTracker, crop_liveportrait,
                             crop_syncnet)
 from pipeline.stages.base import Filter
@@ -43,6 +48,18 @@ class FaceStage(Filter):
         self.tracker = FaceTracker(backend=opts.pop("backend"), min_face=0.0,
                                    weights_dir=cfg["weights"].get("dir"), **opts)
         self.decode = cfg["decode"]
+        self.embedder = make_embedder(cfg["identity"]["backend"])
+        self.identity_frames = int(cfg["identity"]["frames"])
+
+    def describe(self) -> dict[str, str]:
+        """The landmark and identity models (the detector is OpenCV's or recorded by its file)."""
+        parts = [(m.name, m.model_path) for m in [self.tracker.landmarker] if m is not None]
+        if self.embedder is not None:
+            parts += [(self.embedder.name, path) for path in self.embedder.model_paths]
+        if not parts:
+            return {}
+        return {"model_id": "+".join(dict.fromkeys(name for name, _ in parts)),
+                "weight_id": "+".join(weight_id(path)[:16] for _, path in parts)}
 
     def size(self, clip: Clip) -> tuple[int, int]:
         info = clip.info
@@ -83,6 +100,8 @@ class FaceStage(Filter):
         n = clip.n_frames
         lp = np.empty((n, LIVEPORTRAIT_SIZE, LIVEPORTRAIT_SIZE, 3), np.uint8)
         sync = np.empty((n, SYNCNET_SIZE, SYNCNET_SIZE, 3), np.uint8)
+        embed_at = set(np.linspace(0, n - 1, self.identity_frames).round().astype(int).tolist()) if self.embedder else set()
+        embeddings = []
         start = 0
         for chunk in chunks if chunks is not None else self.frames(clip):
             stop = start + len(chunk)
@@ -91,7 +110,13 @@ class FaceStage(Filter):
             part = track.slice(start, stop)
             lp[start:stop] = crop_liveportrait(chunk, part)
             sync[start:stop] = crop_syncnet(chunk, part)
+            embeddings += [self.embedder.embed(chunk[i - start], track.boxes[i])
+                           for i in sorted(embed_at) if start <= i < stop]
             start = stop
         if start != n:
             raise ValueError(f"decoded {start} frames, expected {n}")
         clip.lp_crops, clip.sync_crops = lp, sync
+        clip.crop_backend = track.crop_backend
+        if embeddings:
+            clip.face_embedding = np.mean(embeddings, axis=0).astype(np.float32)
+            clip.identity_backend = self.embedder.name

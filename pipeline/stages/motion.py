@@ -16,8 +16,8 @@ from pipeline.stages.models import device_for, dtype_for, weights_choice
 from models.weights import weight_id
 
 MODEL_NAME = "liveportrait_motion_extractor"
-# On a CPU small batches run faster per frame than large ones (they stay in cache: 4.7 frames/s
-# at batch 4 against 2.8 at batch 32 on one core here); a GPU wants large batches.
+# On a CPU small batches run faster per frame than large ones (their activations stay in cache);
+# a GPU wants large batches to fill it.
 AUTO_BATCH = {"cpu": 4, "cuda": 32}
 
 

@@ -1,0 +1,274 @@
+"""Does ``training.run`` learn to move a face with speech? Train on the synthetic world and measure.
+
+    .venv/bin/python bench/learn.py [--minutes 18] [--reduced] [--work DIR] [--out bench/results/learn.json]
+
+Builds the world of ``tests/synthetic_world.py`` (real speech, known mouth mapping), trains with the
+real ``training.run`` code path (the paper model of configs/train.yaml, or ``--reduced``, the
+small model the test suite trains), then generates motion for held-out speech through
+``training.sample``'s real path (checkpoint -> EMA model -> sliding windows, CFG, cross-fade ->
+denormalised 70-dim motion) and measures:
+
+* ``mouth_corr``: Pearson correlation of the generated lip dims with the world's true ones at the
+  default CFG scale (2), and per scale 1, 2, 4; ``null_corr``: the same for the audio-dropped
+  (null-token) prediction, which must be near 0;
+* no collapse: per-dim temporal std of generated motion over the world's (goal 0.5x-2x), and
+  head pose that differs between seeds;
+* ``boundary_velocity_ratio``: frame-to-frame velocity where sliding windows join over the median
+  velocity inside windows, with the cross-fade (and without, ``..._no_blend``);
+* train and validation loss curves read back from the run's TensorBoard log.
+
+Writes bench/results/learn.json and PNG plots beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.media import media_dir  # noqa: E402
+from shards.vector import ANGLE_DIMS, EXP_DIMS, POSE_DIMS  # noqa: E402
+from tests.synthetic_world import MOUTH_DIMS, World, WorldClip, build_world, world_std  # noqa: E402
+from training.run import run_from_args  # noqa: E402
+from training.sample import MotionGenerator, load_generator  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "learn.json"
+DEFAULT_CFG_SCALE = 2.0  # training.sample's --cfg-scale default
+CFG_SCALES = (1.0, 2.0, 4.0)
+
+# The small model and short schedule the test suite trains (a few minutes on 2 CPU cores).
+REDUCED = ["model.width=64", "model.layers=2", "model.heads=4", "model.w_pre=10", "model.w_cur=40",
+           "optim.lr=2e-3", "optim.warmup_steps=30", "optim.ema_beta=0.98", "optim.ema_update_after=20",
+           "data.batch_size=16", "data.num_workers=0", "train.val_every=100", "train.val_batches=4",
+           "train.log_every=10", "train.threads=1", "train.progress=false"]
+# The paper model at its defaults, with a schedule that fits a CPU bench of minutes.
+PAPER = ["optim.lr=5e-4", "optim.warmup_steps=20", "optim.ema_beta=0.995", "optim.ema_update_after=20",
+         "data.num_workers=1", "train.val_every=25", "train.val_batches=4", "train.log_every=10",
+         "train.threads=1", "train.progress=false"]
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_on_world(world: World, run_dir: Path, overrides: list[str], max_steps: int,
+                   max_seconds: float | None = None) -> dict[str, Any]:
+    """Train with ``training.run`` exactly as its command line does; returns the run's summary.
+
+    With ``max_seconds``, a short probe run times a step first and ``max_steps`` is cut to fit.
+    """
+    args = ["--shards", str(world.root), "--out", str(run_dir), f"model.audio_dim={world.feature_dim}"]
+    steps = max_steps
+    if max_seconds is not None:
+        probe = run_from_args(args[:3] + [str(run_dir.with_name(run_dir.name + "_probe"))] + args[4:]
+                              + overrides + ["train.max_steps=6", "train.val_batches=0"])
+        step_s = probe["elapsed_s"] / max(1, probe["steps_run"])
+        steps = max(20, min(max_steps, int(max_seconds / step_s)))
+    return run_from_args(args + overrides + [f"train.max_steps={steps}", f"train.ckpt_every={steps}"])
+
+
+def loss_curves(run_dir: Path) -> dict[str, list[list[float]]]:
+    """Every scalar the run logged under train/loss and val/*, from its TensorBoard log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t == "train/loss" or t.startswith("val/")]
+    return {tag: [[e.step, round(e.value, 5)] for e in acc.Scalars(tag)] for tag in tags}
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def mouth_correlation(generated: list[np.ndarray], clips: list[WorldClip]) -> float:
+    """Mean over the lip dims of the correlation, over all held-out frames, with the known mapping."""
+    gen = np.concatenate([g[:, list(MOUTH_DIMS)] for g in generated])
+    true = np.concatenate([c.mouth for c in clips])
+    return float(np.mean([pearson(gen[:, j], true[:, j]) for j in range(len(MOUTH_DIMS))]))
+
+
+def boundary_velocity(motion: np.ndarray, scale: np.ndarray, w_pre: int, w_cur: int,
+                      blend: bool) -> tuple[list[float], list[float]]:
+    """Per-frame velocity (RMS over dims of the step, in units of the world's std) at the frames
+    where windows join, and inside windows. A window starting at frame s joins at s; with the
+    cross-fade the fade also begins at s - w_pre."""
+    velocity = np.sqrt(np.mean((np.diff(motion, axis=0) / scale) ** 2, axis=1))  # velocity[i]: i -> i+1
+    joins = set()
+    for start in range(w_cur, len(motion), w_cur):
+        joins.add(start - 1)
+        if blend:
+            joins.add(start - w_pre - 1)
+    inside = [v for i, v in enumerate(velocity) if i not in joins]
+    return [float(velocity[i]) for i in sorted(joins) if 0 <= i < len(velocity)], inside
+
+
+def generate_all(generator: MotionGenerator, clips: list[WorldClip], sample: dict[str, Any],
+                 cfg_scale: float, seed: int = 0, blend: bool = True) -> list[np.ndarray]:
+    return [generator.motion(c.features, cfg_scale=cfg_scale, seed=seed, blend=blend, **sample)
+            for c in clips]
+
+
+def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
+             scales: tuple[float, ...] = CFG_SCALES, full: bool = True) -> dict[str, Any]:
+    """Generate held-out motion through training.sample's path and score it against the world."""
+    generator = load_generator(checkpoint)
+    clips = world.held_out
+    cfg = generator.model.cfg
+    result: dict[str, Any] = {"sampler": sample, "held_out_seconds": round(sum(len(c.mouth) for c in clips) / 25, 1)}
+    started = time.perf_counter()
+    by_scale = {s: generate_all(generator, clips, sample, s) for s in scales}
+    null = generate_all(generator, clips, sample, 0.0)  # scale 0: the audio-dropped prediction alone
+    result["mouth_corr_by_cfg_scale"] = {str(s): round(mouth_correlation(g, clips), 4) for s, g in by_scale.items()}
+    result["mouth_corr"] = result["mouth_corr_by_cfg_scale"][str(DEFAULT_CFG_SCALE)]
+    result["null_corr"] = round(mouth_correlation(null, clips), 4)
+    if not full:
+        result["generate_s"] = round(time.perf_counter() - started, 1)
+        return result
+
+    default = by_scale[DEFAULT_CFG_SCALE]
+    truth_std = world_std(clips)
+    gen_std = np.mean([g.std(0) for g in default], axis=0)
+    ratio = gen_std / np.maximum(truth_std, 1e-8)
+    groups = {"expression": EXP_DIMS, "mouth": list(MOUTH_DIMS), "pose": POSE_DIMS}
+    result["std_ratio"] = {name: {"min": round(float(ratio[idx].min()), 3),
+                                  "median": round(float(np.median(ratio[idx])), 3),
+                                  "max": round(float(ratio[idx].max()), 3)}
+                           for name, idx in groups.items()}
+    result["std_ratio_in_0.5_2"] = round(float(np.mean((ratio >= 0.5) & (ratio <= 2.0))), 3)
+    result["std_ratio_per_dim"] = [round(float(r), 3) for r in ratio]
+
+    other_seed = generate_all(generator, clips, sample, DEFAULT_CFG_SCALE, seed=1)
+    pose_a = np.concatenate([g[:, ANGLE_DIMS] for g in default])
+    pose_b = np.concatenate([g[:, ANGLE_DIMS] for g in other_seed])
+    result["pose_across_seeds"] = {
+        "mean_abs_diff_deg": round(float(np.abs(pose_a - pose_b).mean()), 3),
+        "world_pose_std_deg": round(float(truth_std[ANGLE_DIMS].mean()), 3),
+        "corr_between_seeds": [round(pearson(pose_a[:, j], pose_b[:, j]), 3) for j in range(3)]}
+
+    no_blend = generate_all(generator, clips, sample, DEFAULT_CFG_SCALE, blend=False)
+    for name, motions, blend in (("boundary_velocity_ratio", default, True),
+                                 ("boundary_velocity_ratio_no_blend", no_blend, False)):
+        joins, inside = [], []
+        for motion in motions:
+            j, i = boundary_velocity(motion, truth_std, cfg.w_pre, cfg.w_cur, blend)
+            joins += j
+            inside += i
+        result[name] = round(float(np.median(joins) / np.median(inside)), 3)
+    result["generate_s"] = round(time.perf_counter() - started, 1)
+    result["examples"] = {"generated": default[0], "null": null[0], "truth": clips[0].mouth,
+                          "no_blend": no_blend[0], "true_vector": clips[0].vector}
+    return result
+
+
+# ----------------------------------------------------------------------------- plots and the command
+
+def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ex = result["examples"]
+    paths = []
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    frames = np.arange(len(ex["truth"])) / 25
+    axes[0].plot(frames, ex["truth"][:, 0], label="world (true)", color="k")
+    axes[0].plot(frames, ex["generated"][:, MOUTH_DIMS[0]], label=f"generated, CFG {DEFAULT_CFG_SCALE}")
+    axes[0].plot(frames, ex["null"][:, MOUTH_DIMS[0]], label="null (audio dropped)", alpha=0.7)
+    axes[0].set_ylabel("lip kp 14 y offset")
+    axes[0].legend(loc="upper right")
+    axes[1].plot(frames, ex["true_vector"][:, 68], label="world yaw", color="k")
+    axes[1].plot(frames, ex["generated"][:, 68], label="generated yaw")
+    axes[1].set_xlabel("held-out clip time (s)")
+    axes[1].set_ylabel("degrees")
+    axes[1].legend(loc="upper right")
+    fig.suptitle(f"{tag}: mouth_corr {result['mouth_corr']}, null_corr {result['null_corr']}")
+    fig.tight_layout()
+    paths.append(out_dir / f"learn_{tag}_motion.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in curves.items():
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / f"learn_{tag}_loss.png")
+    fig.savefig(paths[-1], dpi=80)
+    plt.close(fig)
+    return [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths]
+
+
+def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_steps: int,
+                max_seconds: float | None, sample: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    run_dir = work / f"run_{tag}"
+    started = time.perf_counter()
+    summary = train_on_world(world, run_dir, overrides, max_steps, max_seconds)
+    train_s = time.perf_counter() - started
+    result = evaluate(run_dir / "checkpoint.pt", world, sample)
+    curves = loss_curves(run_dir)
+    result.update(steps=summary["step"], train_s=round(train_s, 1),
+                  step_s=round(summary["elapsed_s"] / max(1, summary["steps_run"]), 3),
+                  overrides=overrides, loss_curves=curves)
+    result["plots"] = plot(result, curves, out_dir, tag)
+    result.pop("examples")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=18.0, help="training time for the paper model")
+    parser.add_argument("--reduced-steps", type=int, default=400)
+    parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--paper-held-out", type=int, default=3, help="held-out clips for the paper model")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_learn"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",
+                                        "null_corr": "|r| <= 0.2", "std_ratio": "0.5x-2x",
+                                        "boundary_velocity_ratio": "<= 1.2"}}
+    sample = {"sampler": "ddim", "steps": 10}
+    small_world = build_world(args.work / "world32", media_dir(), feature_dim=32, n_train=24, n_val=3,
+                              n_held_out=3, seconds=(10.0, 60.0))
+    report["reduced"] = run_variant("reduced", small_world, args.work, REDUCED, args.reduced_steps,
+                                    None, sample, args.out.parent)
+    if not args.skip_paper:
+        world = build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=24, n_val=3,
+                            n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
+        report["paper"] = run_variant("paper", world, args.work, PAPER, 100_000, args.minutes * 60,
+                                      sample, args.out.parent)
+        headline = report["paper"]
+    else:
+        headline = report["reduced"]
+    for key in ("mouth_corr", "null_corr", "boundary_velocity_ratio"):
+        report[key] = headline[key]
+    report["load_avg_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.out)
+    print(json.dumps({k: v for k, v in report.items() if k not in ("reduced", "paper")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The identity pass: which videos show the same person, before any chunk is split.
+
+The split (``shards.split``) must be known when a chunk's shards are written, yet grouping by face
+needs every video. So before the chunks run, each video not yet seen gets ``identity.frames``
+face embeddings (frames spread over the video, the largest face of each, detected as the face
+stage detects), the new videos are grouped (``shards.identity.assign_groups``) against those
+grouped before, and the result is stored in ``OUT/identity/identity-NNNN.parquet``, one file per
+pass that found new videos. A re-run reads every file: videos keep their group however the input
+grows, so shards already written never disagree with later ones. On Ray the embeddings are
+computed in tasks of ``work.videos_per_chunk`` videos; otherwise in this process.
+
+A video with a ``speaker`` is embedded too: unlabelled videos of the same face join its speaker's
+group. A video that cannot be read, or shows no face, keeps its own group (``video:<id>``).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from configs import to_dict
+from models.face_detectors import make_detector
+from models.face_identity import BACKEND_MODELS, FaceEmbedder, make_embedder
+from pipeline.decode import iter_video_chunks
+from pipeline.inputs import InputVideo, video_id
+from pipeline.outdir import OutputDir
+from pipeline.probe import probe
+from pipeline.stages.faces import working_size
+from shards.format import FPS
+from shards.identity import assign_groups
+from shards.split import split_group
+
+log = logging.getLogger(__name__)
+
+IDENTITY_DIR = "identity"
+IDENTITY_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("source", pa.string()),
+    ("group", pa.string()),              # the split group (shards.split.split_group)
+    ("backend", pa.string()),            # embedding model, e.g. dlib_resnet128
+    ("n_faces", pa.int32()),             # embeddings stored (frames with a face)
+    ("embeddings", pa.list_(pa.float32())),  # n_faces x D, flattened
+    ("error", pa.string()),              # why the video has no embedding, else null
+])
+
+
+def identity_name(number: int) -> str:
+    return f"{IDENTITY_DIR}/identity-{number:04d}.parquet"
+
+
+def read_identities(out: OutputDir) -> list[dict[str, Any]]:
+    """Every stored row, oldest file first."""
+    rows = []
+    for name in sorted(n for n in out.list(IDENTITY_DIR) if n.endswith(".parquet")):
+        rows += out.read_parquet(name).to_pylist()
+    return rows
+
+
+def _embeddings(row: Mapping[str, Any]) -> np.ndarray:
+    values = np.asarray(row["embeddings"] or [], np.float32)
+    return values.reshape(int(row["n_faces"]), -1) if row["n_faces"] else np.zeros((0, 1), np.float32)
+
+
+class VideoEmbedder:
+    """Embeds the largest face on a few frames of a video (one set of models, many videos)."""
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.embedder: FaceEmbedder | None = make_embedder(cfg["identity"]["backend"])
+        faces = cfg["faces"]
+        self.detector = make_detector(faces["backend"], weights_dir=cfg["weights"].get("dir"),
+                                      **dict(faces.get("detector_options") or {}))
+        self.n_frames = int(cfg["identity"]["frames"])
+        self.min_face = float(cfg["filters"]["faces"]["min_face_px"])
+        self.max_side = int(cfg["decode"]["max_side"])
+        self.timeout_s = float(cfg["decode"]["timeout_s"])
+        self.probe_timeout_s = float(cfg["probe"]["timeout_s"])
+
+    def __call__(self, source: str) -> tuple[np.ndarray, str | None]:
+        """((K, D) embeddings, None) or (no embeddings, the reason)."""
+        try:
+            info = probe(source, timeout_s=self.probe_timeout_s)
+            size = working_size(info.width, info.height, info.rotation, self.max_side)
+            found = []
+            for k in range(self.n_frames):
+                at = info.duration_s * (k + 0.5) / self.n_frames
+                frame = next(iter(iter_video_chunks(source, at, at + 1.0 / FPS, fps=FPS, chunk_frames=1,
+                                                    size=size, timeout_s=self.timeout_s)))[0]
+                dets = self.detector.detect(frame, self.min_face)
+                sides = np.maximum(dets[:, 2] - dets[:, 0], dets[:, 3] - dets[:, 1])
+                if len(dets) and sides.max() >= self.min_face:
+                    found.append(self.embedder.embed(frame, dets[int(np.argmax(sides)), :4]))
+        except Exception as exc:  # noqa: BLE001 - an unreadable video keeps its own group
+            return np.zeros((0, 1), np.float32), f"{type(exc).__name__}: {exc}"
+        if not found:
+            return np.zeros((0, 1), np.float32), "no face"
+        return np.stack(found), None
+
+    def many(self, sources: Sequence[str]) -> list[tuple[np.ndarray, str | None]]:
+        return [self(s) for s in sources]
+
+
+def _embed_all(cfg: Mapping[str, Any], sources: list[str]) -> list[tuple[np.ndarray, str | None]]:
+    """Embeddings of every source: Ray tasks of ``work.videos_per_chunk`` videos when Ray is up."""
+    import ray
+
+    if not ray.is_initialized():
+        return VideoEmbedder(cfg).many(sources)
+    per_task = max(1, int(cfg["work"]["videos_per_chunk"]))
+
+    @ray.remote(num_cpus=1)
+    def embed_batch(plain_cfg, batch):
+        import cv2
+
+        cv2.setNumThreads(1)
+        return VideoEmbedder(plain_cfg).many(batch)
+
+    plain = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    refs = [embed_batch.remote(plain, sources[i:i + per_task]) for i in range(0, len(sources), per_task)]
+    return [result for batch in ray.get(refs) for result in batch]
+
+
+def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo]) -> dict[str, str]:
+    """video id -> split group for ``videos`` (and every video grouped before), embedding and
+    grouping those not stored yet; {} when ``identity.backend`` is ``none``."""
+    if cfg["identity"]["backend"] in ("none", None):
+        return {}
+    stored = read_identities(out)
+    groups = {row["video_id"]: row["group"] for row in stored}
+    new = sorted({video_id(v.source): v for v in videos if video_id(v.source) not in groups}.items())
+    if not new:
+        return groups
+    log.info("identity pass: embedding faces of %d new videos", len(new))
+    results = _embed_all(cfg, [v.source for _, v in new])
+    backend = BACKEND_MODELS[cfg["identity"]["backend"]]
+    threshold = float(cfg["identity"]["threshold"])
+    known = {row["video_id"]: (row["group"], _embeddings(row)) for row in stored}
+    labelled = {vid: (split_group(v.speaker, vid), emb) for (vid, v), (emb, _) in zip(new, results) if v.speaker}
+    unlabelled = {vid: emb for (vid, v), (emb, _) in zip(new, results) if not v.speaker}
+    assigned = assign_groups(unlabelled, {**known, **labelled}, threshold)
+    rows = []
+    for (vid, v), (emb, error) in zip(new, results):
+        group = labelled[vid][0] if v.speaker else assigned[vid]
+        if not v.speaker and not len(emb):
+            group = split_group(None, vid)
+        rows.append({"video_id": vid, "source": v.source, "group": group, "backend": backend,
+                     "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [],
+                     "error": error})
+        groups[vid] = group
+    number = len([n for n in out.list(IDENTITY_DIR) if n.endswith(".parquet")])
+    out.write_parquet(identity_name(number), pa.Table.from_pylist(rows, schema=IDENTITY_SCHEMA))
+    return groups
+
