@@ -1,8 +1,8 @@
 """A faster CPU forward of the warping network W and the SPADE decoder G, same weights, same outputs.
 
 Why not ONNX Runtime: both export (W's 5-D ``grid_sample`` becomes ONNX ``GridSample`` at opset 20
-and runs), but ORT's convolutions are slower than PyTorch's oneDNN ones on this CPU (G 1.8x slower,
-W no faster), and PyTorch's own convolutions already run near the CPU's GEMM speed. What is left is
+and runs), but ORT's convolutions are slower than PyTorch's oneDNN ones on this CPU (compare with
+bench/render.py), and PyTorch's own convolutions already run near the CPU's GEMM speed. What is left is
 doing less arithmetic: almost all of the time is in 3x3 and 7x7 convolutions, and PyTorch ships
 NNPACK, whose inference path computes a 3x3 convolution with Winograd F(6x6, 3x3) and larger kernels
 with 16x16 FFT tiles. So:
