@@ -50,7 +50,8 @@ from scipy.ndimage import median_filter
 
 from models.face_detectors import make_detector
 from models.face_landmarks import LandmarkBackend, make_landmarks
-from shards.crop import CROP_SIZE, DRIVING_SCALE, DRIVING_VY_RATIO, driving_box
+from shards.crop import (CROP_SIZE, DRIVING_SCALE, DRIVING_VY_RATIO, SYNCNET_CROP_SCALE, SYNCNET_PAD_VALUE,
+                         SYNCNET_SIZE, driving_box)
 
 REASONS = ("no_face", "multiple_faces", "face_too_small", "track_lost")
 
@@ -58,9 +59,6 @@ LIVEPORTRAIT_SCALE = DRIVING_SCALE       # LivePortrait's scale_crop_driving_vid
 LIVEPORTRAIT_VY_RATIO = DRIVING_VY_RATIO  # LivePortrait's vy_ratio_crop_driving_video
 LIVEPORTRAIT_CROP = CROP_SIZE             # LivePortrait cuts driving frames at this size ...
 LIVEPORTRAIT_SIZE = 256       # ... and the motion extractor reads them at this one
-SYNCNET_CROP_SCALE = 0.4      # syncnet_python's --crop_scale
-SYNCNET_PAD_VALUE = 110       # syncnet_python pads frames with this grey
-SYNCNET_SIZE = 224
 DETECTOR_BOX = "detector_box"  # crop_backend of a clip cropped from the detector box (no landmarks)
 
 

@@ -30,6 +30,11 @@ SOURCE_VX_RATIO = 0.0         # crop_cfg.vx_ratio
 SOURCE_VY_RATIO = -0.125      # crop_cfg.vy_ratio
 DRIVING_SCALE = 2.2           # crop_cfg.scale_crop_driving_video
 DRIVING_VY_RATIO = -0.1       # crop_cfg.vy_ratio_crop_driving_video (its vx is never passed on: 0)
+# syncnet_python's whole-face crop around a detector box: the box grown by --crop_scale, padded
+# with this grey outside the frame, at SyncNet's input size (the job's and the benchmark's crops).
+SYNCNET_CROP_SCALE = 0.40
+SYNCNET_PAD_VALUE = 110
+SYNCNET_SIZE = 224
 
 # Per layout: the points averaged into each eye's centre, and the two averaged into the lip centre.
 EYE_AND_LIP_POINTS: dict[int, tuple[list[int], list[int], list[int]]] = {

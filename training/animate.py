@@ -235,8 +235,9 @@ def render_frames(renderer: Renderer, f_s: torch.Tensor, x_s: np.ndarray, x_d: n
 
 # ----------------------------------------------------------------------------- the command
 
-def animate(args: argparse.Namespace) -> dict[str, object]:
-    """Check every input, then render; returns what was written and how long each part took."""
+def animate(args: argparse.Namespace, renderer: Renderer | None = None) -> dict[str, object]:
+    """Check every input, then render; returns what was written, the (T, 70) motion it rendered and
+    how long each part took. ``renderer``: networks already loaded (a caller rendering many items)."""
     started = time.perf_counter()
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
@@ -255,8 +256,9 @@ def animate(args: argparse.Namespace) -> dict[str, object]:
     if args.max_frames:
         vector = vector[: args.max_frames]
     vector = smooth_pose_dims(vector, args.pose_smoothing)
-    renderer = load_renderer(args.animal, args.random_weights, args.weights_dir, args.device, args.precision,
-                             eager=args.eager)
+    if renderer is None:
+        renderer = load_renderer(args.animal, args.random_weights, args.weights_dir, args.device,
+                                 args.precision, eager=args.eager)
     loaded = time.perf_counter()
 
     src, f_s = source_features(renderer, source.crop)
@@ -274,7 +276,7 @@ def animate(args: argparse.Namespace) -> dict[str, object]:
             bar.update(len(crops))
     done = time.perf_counter()
     seconds = len(x_d) / FPS
-    return {"out": out, "n_frames": len(x_d), "seconds": seconds, "size": (width, height),
+    return {"out": out, "n_frames": len(x_d), "seconds": seconds, "size": (width, height), "vector": vector,
             "load_s": loaded - started, "render_s": done - loaded,
             "compute_per_video_s": (done - started) / max(seconds, 1e-9), "weights": renderer.weight_ids}
 

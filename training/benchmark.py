@@ -126,9 +126,10 @@ def required_weights(args: argparse.Namespace) -> list[str]:
 
 # ----------------------------------------------------------------------------- one item
 
-def render(item: TestItem, args: argparse.Namespace, out_dir: Path) -> Path:
-    """The generated video of one item, through training.animate (a video reference's first frame
-    is the portrait)."""
+def render(item: TestItem, args: argparse.Namespace, out_dir: Path,
+           renderers: dict[str, Any]) -> tuple[Path, np.ndarray]:
+    """The generated video of one item and the motion it shows, through training.animate (a video
+    reference's first frame is the portrait); ``renderers`` caches the loaded networks."""
     from training import animate
 
     image = item.reference
@@ -151,20 +152,18 @@ def render(item: TestItem, args: argparse.Namespace, out_dir: Path) -> Path:
         argv.append("--animal")
     render_args = animate.build_parser().parse_args(argv)
     render_args.batch_size = 16 if args.device.startswith("cuda") else 1
-    animate.animate(render_args)
-    return video
+    if renderers.get("net") is None:  # the five networks load once for the whole test set
+        renderers["net"] = animate.load_renderer(render_args.animal, render_args.random_weights,
+                                                 render_args.weights_dir, render_args.device,
+                                                 render_args.precision, eager=render_args.eager)
+    result = animate.animate(render_args, renderer=renderers["net"])
+    return video, result["vector"]
 
 
-def generated_dynamics(args: argparse.Namespace, item: TestItem) -> dict[str, Any]:
-    """training.evaluate's dynamics of the generated motion (same seed, so the rendered motion)."""
-    from training.animate import motion_from_speech
+def generated_dynamics(vector: np.ndarray) -> dict[str, Any]:
+    """training.evaluate's dynamics of the motion the video was rendered from."""
     from training.motion_metrics import dynamics
-    from training.sample import read_speech
 
-    ns = argparse.Namespace(checkpoint=args.checkpoint, no_ema=False, device=args.device,
-                            audio_encoder=None, weights_dir=args.weights_dir, max_frames=args.max_frames,
-                            steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale, seed=args.seed)
-    vector = motion_from_speech(ns, read_speech(item.audio))
     return {group: {k: float(v) for k, v in stats.items()} for group, stats in dynamics(vector).items()}
 
 
@@ -183,7 +182,7 @@ def score_video(models: MetricModels, frames: np.ndarray, audio: np.ndarray,
     return scores
 
 
-def score_item(models: MetricModels, item: TestItem, video: Path, args: argparse.Namespace
+def score_item(models: MetricModels, item: TestItem, video: Path, vector: np.ndarray, args: argparse.Namespace
                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
     generated = read_frames(video)
     result: dict[str, Any] = {"id": item.id, "speaker": item.speaker, "video": str(video),
@@ -195,7 +194,7 @@ def score_item(models: MetricModels, item: TestItem, video: Path, args: argparse
         truth = read_frames(item.ground_truth, max_frames=len(generated))
         audio = read_speech_span(item.ground_truth, 0.0, len(truth) / FPS)
         result["ground_truth_scores"] = score_video(models, truth, audio, args)
-    result["motion_dynamics"] = generated_dynamics(args, item)
+    result["motion_dynamics"] = generated_dynamics(vector)
     return result, generated, truth
 
 
@@ -306,10 +305,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     models = MetricModels(args)
     per_item, generated, truths = [], [], []
+    renderers: dict[str, Any] = {}
     for item in items:
         t0 = time.perf_counter()
-        video = render(item, args, out_dir)
-        result, frames, truth = score_item(models, item, video, args)
+        video, vector = render(item, args, out_dir, renderers)
+        result, frames, truth = score_item(models, item, video, vector, args)
         result["elapsed_s"] = time.perf_counter() - t0
         per_item.append(result)
         generated.append(frames)

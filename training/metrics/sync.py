@@ -19,15 +19,15 @@ from scipy.signal import medfilt
 
 from filters.syncnet import sync_scores
 from models.syncnet import CROP_SIZE, WINDOW_FRAMES
+from shards.crop import SYNCNET_CROP_SCALE as CROP_SCALE
+from shards.crop import SYNCNET_PAD_VALUE as PAD_VALUE
 from shards.format import SAMPLES_PER_FRAME
 
 IOU_THRESHOLD = 0.5
 MAX_MISSED = 25       # num_failed_det
 MIN_TRACK = 100       # min_track
 MIN_FACE_SIZE = 100   # min_face_size (pixels)
-CROP_SCALE = 0.40     # crop_scale
 SMOOTH_KERNEL = 13
-PAD_VALUE = 110
 VSHIFT = 15
 
 
