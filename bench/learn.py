@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,9 +52,10 @@ REDUCED = ["model.width=64", "model.layers=2", "model.heads=4", "model.w_pre=10"
            "data.batch_size=16", "data.num_workers=0", "train.val_every=100", "train.val_batches=4",
            "train.log_every=10", "train.threads=1", "train.progress=false"]
 # The paper model at its defaults, with a schedule that fits a CPU bench of minutes.
+# Both cores compute (the loader, in the main process, costs milliseconds a batch).
 PAPER = ["optim.lr=5e-4", "optim.warmup_steps=20", "optim.ema_beta=0.995", "optim.ema_update_after=20",
-         "data.num_workers=1", "train.val_every=25", "train.val_batches=4", "train.log_every=10",
-         "train.threads=1", "train.progress=false"]
+         "data.num_workers=0", "train.val_every=50", "train.val_batches=4", "train.log_every=10",
+         "train.threads=2", "train.progress=false"]
 
 
 # ----------------------------------------------------------------------------- training
@@ -81,7 +83,9 @@ def loss_curves(run_dir: Path) -> dict[str, list[list[float]]]:
     acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
     tags = [t for t in acc.Tags()["scalars"] if t == "train/loss" or t.startswith("val/")]
-    return {tag: [[e.step, round(e.value, 5)] for e in acc.Scalars(tag)] for tag in tags}
+    # One point per step (the last written), should a log hold a step twice.
+    curves = {tag: {e.step: round(e.value, 5) for e in acc.Scalars(tag)} for tag in tags}
+    return {tag: [[step, value] for step, value in sorted(points.items())] for tag, points in curves.items()}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -217,6 +221,8 @@ def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: st
 def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_steps: int,
                 max_seconds: float | None, sample: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     run_dir = work / f"run_{tag}"
+    for old in (run_dir, run_dir.with_name(run_dir.name + "_probe")):  # a fresh run, never a resumed one
+        shutil.rmtree(old, ignore_errors=True)
     started = time.perf_counter()
     summary = train_on_world(world, run_dir, overrides, max_steps, max_seconds)
     train_s = time.perf_counter() - started

@@ -13,8 +13,10 @@ Measures, on shards written with the real ShardWriter (motion from the real Live
 * model step speed at the paper's config (width 512, 6 layers) and the public trainer's effective
   one (width 256, 8 layers, 8 heads), batch 16, W_pre 25 + W_cur 100, 768-wide features: windows/s
   and step time of the reference computation (masked cross-attention over all audio frames, as
-  ``nn.TransformerDecoder`` computes it), of the exact single-key cross-attention of
-  ``audio_radius=0`` (the default), and of that plus bf16 autocast (a choice, not exact), measured
+  ``nn.TransformerDecoder`` computes it, with torch's dropout), of the exact single-key
+  cross-attention of ``audio_radius=0`` (the default) with torch's dropout and with the cheaper CPU
+  dropout mask of ``training.cpu_dropout`` (the default), and of that plus bf16 autocast (a choice,
+  not exact), measured
   interleaved in one run so their ratio holds on a shared machine; on ``--device cuda`` also
   fused AdamW and ``torch.compile``;
 * the baseline, as the public code trains: the same step with a wav2vec2-base encoder (random
@@ -52,6 +54,7 @@ from training.diffusion import Diffusion  # noqa: E402
 from training.losses import LossWeights  # noqa: E402
 from training.model import ModelConfig, MotionDenoiser  # noqa: E402
 from training.normalize import Normalizer, load_stats  # noqa: E402
+from training import cpu_dropout  # noqa: E402
 from training.run import autocast_for, make_optimizer, step_loss  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
@@ -227,7 +230,7 @@ class ModelStep:
     """One optimiser step of the denoiser alone on fixed random windows (no loader), one variant."""
 
     def __init__(self, model_cfg: ModelConfig, device: str, single_key: bool, precision: str,
-                 fused: bool = False, compile_model: bool = False):
+                 fused: bool = False, compile_model: bool = False, torch_dropout: bool = False):
         torch.manual_seed(0)
         self.device = torch.device(device)
         self.model = MotionDenoiser(model_cfg).to(self.device).train()
@@ -246,16 +249,18 @@ class ModelStep:
                              valid=torch.ones(BATCH, w, dtype=torch.bool, device=self.device),
                              first=torch.zeros(BATCH, dtype=torch.bool, device=self.device))
         self.w_pre = model_cfg.w_pre
+        self.kernels = cpu_dropout.torch_kernels if torch_dropout else contextlib.nullcontext
         self.times: list[float] = []
 
     def __call__(self, timed: bool = True) -> None:
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         sync()
         start = time.perf_counter()
-        loss, _ = step_loss(self.call, self.diffusion, self.mb, self.weights, self.w_pre, 0.1,
-                            self.generator, self.autocast)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self.kernels():
+            loss, _ = step_loss(self.call, self.diffusion, self.mb, self.weights, self.w_pre, 0.1,
+                                self.generator, self.autocast)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
         self.optimizer.step()
         sync()
@@ -273,7 +278,8 @@ def bench_model_speed(device: str, n_steps: int) -> dict:
     at both configs, interleaved step by step."""
     out = {}
     for name, model_cfg in (("paper", PAPER), ("public_trainer", PUBLIC)):
-        variants = {"reference_fp32": ModelStep(model_cfg, device, False, "fp32"),
+        variants = {"reference_fp32": ModelStep(model_cfg, device, False, "fp32", torch_dropout=True),
+                    "single_key_fp32_torch_dropout": ModelStep(model_cfg, device, True, "fp32", torch_dropout=True),
                     "single_key_fp32": ModelStep(model_cfg, device, True, "fp32"),
                     "single_key_bf16_autocast": ModelStep(model_cfg, device, True, "bf16")}
         if device == "cuda":

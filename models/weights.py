@@ -175,12 +175,16 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         name="amt_s",
         kind="file",
         path="amt/amt-s.pth",
-        source="https://huggingface.co/lalala125/AMT (amt-s.pth, as VBench's pretrained/amt_model/download.sh fetches it)",
-        hf_repo="lalala125/AMT",
-        licence="see MCG-NKU/AMT's licence (code and weights)",
+        source="https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth (MCG-NKU/AMT's Hugging Face link; "
+               "VBench's pretrained/amt_model/download.sh fetches the same file)",
+        # A plain URL: the file sits at the repository's root there, not at ``path``.
+        url="https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth",
+        licence="CC BY-NC 4.0 (MCG-NKU/AMT's LICENSE and README, which give the models no other terms): "
+                "non-commercial use only",
         required_by=("trainer",),  # training.benchmark
         optional=True,
-        note="VBench's motion_smoothness interpolator; a checkpoint dict whose 'state_dict' is loaded strictly",
+        note=("VBench's motion_smoothness interpolator (models.amt); size and sha256 not published: verify checks "
+              "existence, load_amt_s loads the checkpoint's 'state_dict' strictly"),
     ),
     WeightFile(
         name="i3d_torchscript",
@@ -193,6 +197,21 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         required_by=("trainer",),  # training.benchmark
         optional=True,
         note="FVD's feature network (400-d logits)",
+    ),
+    WeightFile(
+        name="inception_fid",
+        kind="file",
+        path="fid/pt_inception-2015-12-05-6726825d.pth",
+        source="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+               "pt_inception-2015-12-05-6726825d.pth (pytorch-fid's port of TF's FID Inception-v3; the file "
+               "pyiqa's fid metric loads)",
+        url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+            "pt_inception-2015-12-05-6726825d.pth",
+        licence="Apache-2.0 (pytorch-fid; TensorFlow's Inception-v3 weights)",
+        required_by=("trainer",),  # training.benchmark
+        optional=True,
+        note="frame FID's feature network (2048-d pool features), loaded strictly by pyiqa's FID Inception; "
+             "6726825d is the first 8 hex digits of its sha256",
     ),
     WeightFile(
         name="qalign_one_align",

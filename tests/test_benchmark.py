@@ -15,10 +15,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.schema import CLIPS
+from shards.vector import motion_to_vector
+from tests.motion_fixtures import fixture_clips, write_dataset
+from tests.test_sample import (
+    ENCODER_DIM,
+    TINY,
+    random_model,
+    template_stats,
+    write_checkpoint,
+)
 from training.benchmark import COLUMNS, main
 from training.metrics.video_io import read_frames
-from training.test_set import TestSetError, build_from_pipeline, read_test_set, select_clips
-from tests.test_sample import ENCODER_DIM, TINY, random_model, template_stats, write_checkpoint
+from training.test_set import (
+    TestSetError,
+    build_from_pipeline,
+    read_test_set,
+    select_clips,
+)
 
 FRAMES = 6  # per item: SyncNet needs > 5 frames, smoothness 3
 
@@ -40,6 +53,11 @@ def pipeline_out(media, tmp_path_factory) -> Path:
         clip_row("dropped0000000", media / "lp_d20.mp4", 0.0, 6.0, "val", "face:d", kept=False),
         clip_row("leak0000000000", media / "lp_s13.mp4", 0.0, 5.0, "val", "face:c"),     # person seen in training
     ]
+    # Clip A's motion in a real shard, where the manifest says it is (clip B's shard is missing).
+    (sample,) = fixture_clips(media, n_clips=1, split="val")
+    (shard,) = write_dataset(out, [sample], stats={"unused": True})
+    rows[0].update(shard=shard.name, key=sample["key"])
+    rows[1].update(shard="shard-000099.tar", key="gone")
     (out / "manifests").mkdir()
     pq.write_table(pa.Table.from_pylist(rows, schema=CLIPS), out / "manifests" / "clips.parquet")
     return out
@@ -50,7 +68,7 @@ def test_set(pipeline_out, tmp_path_factory) -> Path:
     return build_from_pipeline(pipeline_out, tmp_path_factory.mktemp("testset"))
 
 
-def test_builder_follows_the_papers_rule(pipeline_out, test_set):
+def test_builder_follows_the_papers_rule(pipeline_out, test_set, media):
     items = read_test_set(test_set)
     assert [i.id for i in items] == ["clipA0000000", "clipB0000000"]
     assert [i.speaker for i in items] == ["face:a", "face:b"]
@@ -63,6 +81,10 @@ def test_builder_follows_the_papers_rule(pipeline_out, test_set):
     import cv2
     portrait = cv2.cvtColor(cv2.imread(str(items[1].reference)), cv2.COLOR_BGR2RGB)
     assert np.array_equal(portrait, source[0])
+    # Clip A's true motion comes from its shard; clip B's shard is missing, so it has none.
+    (sample,) = fixture_clips(media, n_clips=1, split="val")
+    assert np.array_equal(np.load(items[0].motion), motion_to_vector(sample["motion"]).astype(np.float32))
+    assert items[1].motion is None
     import soundfile as sf
     audio, rate = sf.read(items[1].audio)
     assert rate == 16000 and abs(len(audio) - 10 * 16000) <= 1
@@ -115,6 +137,13 @@ def test_benchmark_runs_end_to_end_with_random_weights(test_set, checkpoint, tmp
         assert gen["sync_c"] is not None or gen["sync"]["reason"]
         assert 0 <= gen["iqa"] <= 100 and 0 <= gen["smooth"] <= 100 and truth["smooth"] > gen["smooth"] - 100
         assert "expression" in item["motion_dynamics"]
+    first, second = report["items"]
+    assert first["motion_vs_truth"]["n_frames"] == FRAMES and first["motion_vs_truth"]["l2"]["expression"] > 0
+    assert "motion_vs_truth" not in second
+    assert report["aggregate"]["motion_l2"] == first["motion_vs_truth"]["l2"]
+    fid = report["aggregate"]["set"]["fid"]
+    assert fid["frames_generated"] == fid["frames_real"] == 2 * FRAMES and fid["value"] > 0
+    assert "RANDOM" in fid["variant"] and report["weights"]["inception_fid"] == "random"
     assert "STAND-IN" in report["variants"]["quality"] and "piqe" in report["variants"]["quality"]
     fvd = report["aggregate"]["set"]["fvd"]
     assert fvd["variant"] == f"FVD-{FRAMES}" and fvd["clips_generated"] == 2 and fvd["value"] > 0
@@ -122,6 +151,7 @@ def test_benchmark_runs_end_to_end_with_random_weights(test_set, checkpoint, tmp
     assert "RANDOM WEIGHTS" in table
     header = next(line for line in table.splitlines() if line.startswith("| row |"))
     assert all(name in header for _, name in COLUMNS)
+    assert "Rendered motion against the ground truth's" in table
     assert "| JoyVASA paper, Table 1 (CelebV-HQ test) | 68.97 | 72.42 | 4.85 | 13.53 | 459.04 | 99.60 |" in table
     page = (out / "index.html").read_text()
     assert page.count("<video") == 4 and "videos/clipA0000000.mp4" in page
@@ -133,6 +163,7 @@ def test_missing_metric_weights_are_one_error(test_set, checkpoint, tmp_path, ca
                  "--weights-dir", str(tmp_path / "empty")])
     assert code == 2
     err = capsys.readouterr().err
-    for name in ("syncnet_v2", "i3d_torchscript", "liveportrait_warping_module", "qalign_one_align"):
+    for name in ("syncnet_v2", "i3d_torchscript", "amt_s", "inception_fid", "liveportrait_warping_module",
+                 "qalign_one_align"):
         assert name in err
     assert not (tmp_path / "b").exists()

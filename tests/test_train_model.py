@@ -189,3 +189,49 @@ def test_single_key_cross_attention_trains_with_attention_dropout():
     assert torch.allclose(kept, torch.full_like(kept, 1 / 0.75), atol=1e-4)
     out.sum().backward()
     assert attn.in_proj_weight.grad[2 * cfg.width:].abs().sum() > 0
+
+
+def test_cpu_dropout_mask_is_bernoulli_with_p_rounded_to_16_bits():
+    """The cheaper mask: the dropped fraction is p within binomial noise, kept values are rescaled
+    by the exact 1 / (1 - p) of the rounded p, the four elements sharing a 64-bit draw are
+    independent, and the default generator's seed repeats it."""
+    from training.cpu_dropout import LEVELS, dropout
+
+    n = 1 << 20
+    x = torch.ones(n)
+    torch.manual_seed(0)
+    y = dropout(x, 0.1, True)
+    p = round(0.1 * LEVELS) / LEVELS
+    dropped = (y == 0).float()
+    assert abs(float(dropped.mean()) - p) < 4 * (p * (1 - p) / n) ** 0.5
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)), rtol=1e-6)
+    lanes = dropped.view(-1, 4)
+    corr = torch.corrcoef(lanes.T)
+    assert (corr - torch.eye(4)).abs().max() < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1, True), y)
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    assert dropout(torch.ones(8, dtype=torch.bfloat16), 0.5, True).dtype == torch.bfloat16
+
+
+def test_cpu_self_attention_path_equals_torch_and_keeps_the_expectation():
+    """In CPU training the layers compute self-attention themselves (to drop weights with the
+    cheaper mask): with a dropout that keeps everything it equals nn.MultiheadAttention's outputs
+    and gradients; with dropout 0.5 its mean over many draws approaches the undropped output."""
+    cfg = ModelConfig(**{**TINY, "layers": 1, "dropout": 0.1})
+    layer = live_model(cfg).decoder.layers[0].train()
+    h = torch.randn(3, 30, cfg.width, requires_grad=True)
+    layer.self_attn.dropout = 1e-7  # the manual path runs; rounded to 0 levels it drops nothing
+    ours = layer.self_attention(h)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), h)
+    reference = layer.self_attn(h, h, h, need_weights=False)[0]  # p 1e-7: all kept, scale 1 + 1e-7
+    (grad_ref,) = torch.autograd.grad(reference.square().sum(), h)
+    assert torch.allclose(ours, reference, atol=1e-5, rtol=0)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-4, rtol=1e-4)
+    layer.self_attn.dropout = 0.5
+    with torch.no_grad():
+        undropped = layer.eval().self_attention(h)
+        layer.train()
+        draws = torch.stack([layer.self_attention(h) for _ in range(400)])
+    assert (draws[0] - undropped).abs().mean() > 0.05  # really dropped
+    assert (draws.mean(0) - undropped).abs().mean() < 0.1 * (draws[0] - undropped).abs().mean()

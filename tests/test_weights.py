@@ -46,6 +46,9 @@ def test_registry_entries_are_complete():
                                               "liveportrait/base_models/motion_extractor.pth")
     assert W.REGISTRY["syncnet_v2"].size is None and "robots.ox.ac.uk" in W.REGISTRY["syncnet_v2"].url
     assert "non-commercial" in W.REGISTRY["insightface_det_10g"].licence
+    amt = W.REGISTRY["amt_s"]  # fetched from the URL: the file sits at the Hugging Face repository's root
+    assert (amt.path, amt.url) == ("amt/amt-s.pth", "https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth")
+    assert amt.hf_repo is None and "CC BY-NC 4.0" in amt.licence
 
 
 def test_weights_root_follows_env(monkeypatch, tmp_path):

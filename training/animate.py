@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -171,10 +172,17 @@ def source_features(renderer: Renderer, crop: np.ndarray) -> tuple[drive.SourceM
 
 # ----------------------------------------------------------------------------- the driving motion
 
-def motion_from_speech(args: argparse.Namespace, audio: np.ndarray) -> np.ndarray:
-    """(T, 70) raw motion generated from the speech by the checkpoint, T = ceil(seconds * 25)."""
+def load_speech_models(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The checkpoint's motion generator and the audio encoder it was trained with."""
     generator = load_generator(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    encoder = build_audio_encoder(args.audio_encoder, generator, args.device, args.weights_dir)
+    return generator, build_audio_encoder(args.audio_encoder, generator, args.device, args.weights_dir)
+
+
+def motion_from_speech(args: argparse.Namespace, audio: np.ndarray,
+                       speech_models: tuple[Any, Any] | None = None) -> np.ndarray:
+    """(T, 70) raw motion generated from the speech by the checkpoint, T = ceil(seconds * 25);
+    ``speech_models``: :func:`load_speech_models`'s pair, already loaded."""
+    generator, encoder = speech_models or load_speech_models(args)
     n_frames = n_frames_for(len(audio), SAMPLE_RATE)
     if args.max_frames:
         n_frames = min(n_frames, args.max_frames)
@@ -235,9 +243,11 @@ def render_frames(renderer: Renderer, f_s: torch.Tensor, x_s: np.ndarray, x_d: n
 
 # ----------------------------------------------------------------------------- the command
 
-def animate(args: argparse.Namespace, renderer: Renderer | None = None) -> dict[str, object]:
+def animate(args: argparse.Namespace, renderer: Renderer | None = None,
+            speech_models: tuple[Any, Any] | None = None) -> dict[str, object]:
     """Check every input, then render; returns what was written, the (T, 70) motion it rendered and
-    how long each part took. ``renderer``: networks already loaded (a caller rendering many items)."""
+    how long each part took. ``renderer`` and ``speech_models``: networks already loaded (a caller
+    rendering many items)."""
     started = time.perf_counter()
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
@@ -252,7 +262,7 @@ def animate(args: argparse.Namespace, renderer: Renderer | None = None) -> dict[
     except ValueError as exc:
         raise BadInputError(str(exc)) from exc
     audio = read_speech(args.audio, args.min_rms) if args.audio else None
-    vector = motion_from_template(args.motion) if args.motion else motion_from_speech(args, audio)
+    vector = motion_from_template(args.motion) if args.motion else motion_from_speech(args, audio, speech_models)
     if args.max_frames:
         vector = vector[: args.max_frames]
     vector = smooth_pose_dims(vector, args.pose_smoothing)

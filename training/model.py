@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training import cpu_dropout
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -116,8 +118,22 @@ class DecoderLayer(nn.Module):
         self.linear1 = nn.Linear(width, ff_width)
         self.linear2 = nn.Linear(ff_width, width)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width), nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
-        self.dropout1, self.dropout2, self.dropout3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout = cpu_dropout.Dropout(dropout)
+        self.dropout1, self.dropout2, self.dropout3 = (cpu_dropout.Dropout(dropout) for _ in range(3))
+
+    def self_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """``self_attn(h, h, h)``; in CPU training with dropout, computed here so the attention
+        weights are dropped with the cheaper mask of :mod:`training.cpu_dropout` (the same softmax,
+        dropout of the weights and value average as torch's math kernel)."""
+        attn = self.self_attn
+        if not (self.training and attn.dropout > 0 and cpu_dropout.cheaper_on(h)):
+            return attn(h, h, h, need_weights=False)[0]
+        batch, length, width = h.shape
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias) \
+            .view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax((q * (width // self.heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        out = cpu_dropout.dropout(weights, attn.dropout, True) @ v
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
 
     def own_frame_attention(self, memory: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Cross-attention when every query sees exactly one audio frame, ``rows[i]`` for query i.
@@ -132,16 +148,16 @@ class DecoderLayer(nn.Module):
         value = value.index_select(1, rows)
         if self.training and attn.dropout > 0:
             batch, length = value.shape[:2]
-            keep = torch.empty(batch, length, self.heads, 1, dtype=value.dtype, device=value.device)
-            keep.bernoulli_(1.0 - attn.dropout).div_(1.0 - attn.dropout)
-            value = (value.view(batch, length, self.heads, -1) * keep).view(batch, length, width)
+            heads = value.view(batch, length, self.heads, -1)
+            value = cpu_dropout.dropout(heads, attn.dropout, True, shape=(batch, length, self.heads, 1))
+            value = value.reshape(batch, length, width)
         return attn.out_proj(value)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
                 own_frame_rows: torch.Tensor | None) -> torch.Tensor:
         """``own_frame_rows`` given: the single-key cross-attention; None: the masked attention."""
         h = self.norm1(x)
-        x = x + self.dropout1(self.self_attn(h, h, h, need_weights=False)[0])
+        x = x + self.dropout1(self.self_attention(h))
         if own_frame_rows is None:
             h = self.norm2(x)
             cross = self.multihead_attn(h, memory, memory, attn_mask=memory_mask, need_weights=False)[0]

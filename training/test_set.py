@@ -7,12 +7,15 @@ A test set is a CSV or Parquet list, one row per item, with the columns
 - ``audio``: the speech (any format ``models.audio_encoder.load_audio`` reads, videos included);
 - ``ground_truth`` (optional, may be empty): the real video of that speech, for FVD, FID and the
   Sync-C/D ceiling;
-- ``speaker`` (optional): who is in it, so a reader can check people are not repeated.
+- ``speaker`` (optional): who is in it, so a reader can check people are not repeated;
+- ``motion`` (optional): a ``.npy`` of the ground truth's motion vectors (T, 70), frame-aligned with
+  it (the builder takes them from the clip's shard), for the motion metrics against the truth.
 
 Relative paths are relative to the list's folder. ``build_from_pipeline`` makes one the way the
 JoyVASA paper made its CelebV-HQ test set: validation-split clips (people never seen in training,
 the pipeline's split keeps identities apart) of 5-15 s, at most ``per_speaker`` clips from each of
-``max_speakers`` people, the clip's first frame as the portrait and its audio and video as ground truth.
+``max_speakers`` people, the clip's first frame as the portrait and its audio and video as ground
+truth, its shard's motion as the true motion.
 
 ::
 
@@ -38,7 +41,7 @@ from shards.format import FPS, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("id", "reference", "audio", "ground_truth", "speaker")
+COLUMNS = ("id", "reference", "audio", "ground_truth", "speaker", "motion")
 REQUIRED = ("id", "reference", "audio")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_CLIP_S = 5.0   # the paper's clip lengths
@@ -54,7 +57,7 @@ class TestSetError(ValueError):
 
 @dataclass(frozen=True)
 class TestItem:
-    """One row: absolute paths; ``ground_truth`` None when the item has none."""
+    """One row: absolute paths; ``ground_truth`` and ``motion`` None when the item has none."""
 
     __test__ = False  # not a pytest test class
 
@@ -63,6 +66,7 @@ class TestItem:
     audio: Path
     ground_truth: Path | None = None
     speaker: str | None = None
+    motion: Path | None = None
 
     @property
     def reference_is_video(self) -> bool:
@@ -88,7 +92,7 @@ def read_test_set(path: str | Path) -> list[TestItem]:
     missing_columns = [c for c in REQUIRED if c not in table.column_names]
     if missing_columns:
         raise TestSetError(f"{path} lacks the column(s) {', '.join(missing_columns)} "
-                           f"(columns: {', '.join(COLUMNS)}; ground_truth and speaker optional)")
+                           f"(columns: {', '.join(COLUMNS)}; ground_truth, speaker and motion optional)")
     base = path.parent
 
     def resolve(value: object) -> Path | None:
@@ -100,21 +104,21 @@ def read_test_set(path: str | Path) -> list[TestItem]:
     items, problems, seen = [], [], set()
     for n, row in enumerate(table.to_pylist(), start=1):
         item_id = str(row.get("id") or "").strip()
-        reference, audio, truth = resolve(row.get("reference")), resolve(row.get("audio")), \
-            resolve(row.get("ground_truth"))
+        reference, audio, truth, motion = (resolve(row.get(c)) for c in ("reference", "audio", "ground_truth",
+                                                                         "motion"))
         if not item_id:
             problems.append(f"row {n}: empty id")
             continue
         if item_id in seen:
             problems.append(f"row {n}: duplicate id {item_id!r}")
         seen.add(item_id)
-        for column, p in (("reference", reference), ("audio", audio), ("ground_truth", truth)):
-            if p is None and column != "ground_truth":
+        for column, p in (("reference", reference), ("audio", audio), ("ground_truth", truth), ("motion", motion)):
+            if p is None and column in REQUIRED:
                 problems.append(f"row {n} ({item_id}): empty {column}")
             elif p is not None and not p.is_file():
                 problems.append(f"row {n} ({item_id}): {column} not found: {p}")
         speaker = row.get("speaker")
-        items.append(TestItem(item_id, reference, audio, truth, None if speaker is None else str(speaker)))
+        items.append(TestItem(item_id, reference, audio, truth, None if speaker is None else str(speaker), motion))
     if problems:
         raise TestSetError(f"test set {path} is not usable:\n  " + "\n  ".join(problems))
     if not items:
@@ -134,7 +138,7 @@ def write_test_set(items: Sequence[TestItem], path: str | Path) -> Path:
         return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
 
     rows = [{**asdict(item), "reference": rel(item.reference), "audio": rel(item.audio),
-             "ground_truth": rel(item.ground_truth)} for item in items]
+             "ground_truth": rel(item.ground_truth), "motion": rel(item.motion)} for item in items]
     table = pa.Table.from_pylist(rows, schema=pa.schema([(c, pa.string()) for c in COLUMNS]))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -179,8 +183,25 @@ def select_clips(clips: pa.Table, min_s: float = MIN_CLIP_S, max_s: float = MAX_
     return [r for group in chosen.values() for r in group]
 
 
-def write_item(clip: dict, out_dir: Path, crf: int = 18) -> TestItem:
-    """Cut one clip from its source: portrait PNG, speech WAV, ground-truth MP4 (25 fps, with the speech)."""
+def clip_motion(pipeline_out: Path, clip: dict) -> np.ndarray | None:
+    """The clip's motion vectors (T, 70) from its shard (``OUT/shards/<shard>``), None without one."""
+    from shards.reader import decode_sample, iter_raw
+    from shards.vector import motion_to_vector
+
+    shard = pipeline_out / "shards" / str(clip.get("shard") or "")
+    if not clip.get("shard") or not shard.is_file():
+        log.warning("clip %s: shard %s not found; the item gets no true motion", clip["clip_id"], shard)
+        return None
+    for raw in iter_raw(shard):
+        if raw["__key__"] == clip.get("key"):
+            return motion_to_vector(decode_sample(raw, with_audio=False)["motion"])
+    log.warning("clip %s: key %s not in %s; the item gets no true motion", clip["clip_id"], clip.get("key"), shard)
+    return None
+
+
+def write_item(clip: dict, out_dir: Path, crf: int = 18, motion: np.ndarray | None = None) -> TestItem:
+    """Cut one clip from its source: portrait PNG, speech WAV, ground-truth MP4 (25 fps, with the
+    speech), and its true motion as ``.npy`` when given."""
     from training.metrics.video_io import read_frames, read_speech_span
     from training.video_out import TalkingVideoWriter
 
@@ -200,7 +221,11 @@ def write_item(clip: dict, out_dir: Path, crf: int = 18) -> TestItem:
     height, width = frames.shape[1:3]
     with TalkingVideoWriter(truth, width, height, audio, fps=FPS, crf=crf) as video:
         video.write(frames)
-    return TestItem(item_id, portrait, speech, truth, str(clip["group"]))
+    motion_path = None
+    if motion is not None:
+        motion_path = folder / f"{item_id}.motion.npy"
+        np.save(motion_path, motion.astype(np.float32))
+    return TestItem(item_id, portrait, speech, truth, str(clip["group"]), motion_path)
 
 
 def build_from_pipeline(pipeline_out: str | Path, out_dir: str | Path, min_s: float = MIN_CLIP_S,
@@ -213,7 +238,7 @@ def build_from_pipeline(pipeline_out: str | Path, out_dir: str | Path, min_s: fl
     if not clips:
         raise TestSetError(f"{manifest} has no kept validation clips of {min_s:g}-{max_s:g} s")
     out_dir = Path(out_dir)
-    items = [write_item(clip, out_dir) for clip in clips]
+    items = [write_item(clip, out_dir, motion=clip_motion(Path(pipeline_out), clip)) for clip in clips]
     log.info("test set: %d clips of %d people", len(items), len({i.speaker for i in items}))
     return write_test_set(items, out_dir / LIST_NAME)
 

@@ -1,13 +1,16 @@
 """Temporal smoothness as VBench's ``motion_smoothness`` computes it.
 
-The even frames (0, 2, 4, ...) go to a frame interpolator (AMT-S in VBench) at t = 1/2 between
-each pair of neighbours; the predicted middles are compared with the real odd frames:
+The even frames (0, 2, 4, ...) go to a frame interpolator (AMT-S in VBench; ``models.amt``, loaded
+by ``training.benchmark.load_interpolator``) at t = 1/2 between each pair of neighbours; the
+predicted middles are compared with the real odd frames:
 score = (255 - mean absolute difference) / 255, 1.0 for motion that is exactly interpolable.
 
 VBench's steps kept here: frames as float tensors in 0..1, replicate-padded to a multiple of 16
 (its ``InputPadder``), predictions cut back and turned into uint8 by ``x * 255`` clipped and
 truncated (``astype``), per-frame ``cv2.absdiff`` means averaged over the odd frames that have a
 prediction. VBench scales large frames down on GPUs with little memory; here frames run at full size.
+AMT-S computes frames of at least 128 px a side (after padding); smaller ones raise (the official
+network returns NaN there).
 """
 from __future__ import annotations
 
