@@ -273,15 +273,46 @@ class ModelStep:
                 "windows_per_s": round(BATCH / seconds, 2)}
 
 
-def bench_model_speed(device: str, n_steps: int) -> dict:
+def step_flops(model_cfg: ModelConfig) -> int:
+    """Floating-point operations of one step's forward and backward (torch's FlopCounterMode:
+    matrix products and attention; the elementwise rest is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step = ModelStep(model_cfg, "cpu", True, "fp32")
+    with FlopCounterMode(display=False) as counter:
+        step(timed=False)
+    return int(counter.get_total_flops())
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's best fp32 matrix-product rate (GFLOP/s) at the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(timeit(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def timeit(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_model_speed(device: str, n_steps: int, cpu_bf16: bool = False) -> dict:
     """Reference vs the exact fast path (vs bf16 autocast, and on CUDA fused AdamW and compile),
-    at both configs, interleaved step by step."""
-    out = {}
+    at both configs, interleaved step by step. On CPU also the matrix-product bound: the step's
+    FLOPs at this machine's best GEMM rate, the most windows/s any exact fp32 step could reach.
+    bf16 autocast on CPU only with ``cpu_bf16``: on CPUs without native bf16 (AVX2 only, as
+    here) its matrix products fall back to a slow generic kernel."""
+    out: dict = {}
+    if device == "cpu":
+        out["gemm_gflops_fp32"] = round(gemm_gflops(), 1)
     for name, model_cfg in (("paper", PAPER), ("public_trainer", PUBLIC)):
         variants = {"reference_fp32": ModelStep(model_cfg, device, False, "fp32", torch_dropout=True),
                     "single_key_fp32_torch_dropout": ModelStep(model_cfg, device, True, "fp32", torch_dropout=True),
-                    "single_key_fp32": ModelStep(model_cfg, device, True, "fp32"),
-                    "single_key_bf16_autocast": ModelStep(model_cfg, device, True, "bf16")}
+                    "single_key_fp32": ModelStep(model_cfg, device, True, "fp32")}
+        if device == "cuda" or cpu_bf16:
+            variants["single_key_bf16_autocast"] = ModelStep(model_cfg, device, True, "bf16")
         if device == "cuda":
             variants["single_key_bf16_fused_adamw"] = ModelStep(model_cfg, device, True, "bf16", fused=True)
             variants["single_key_bf16_fused_compiled"] = ModelStep(model_cfg, device, True, "bf16", fused=True,
@@ -297,6 +328,10 @@ def bench_model_speed(device: str, n_steps: int) -> dict:
         for r in results.values():
             r["speedup_vs_reference"] = round(r["windows_per_s"] / ref, 3)
         out[name] = {"model": model_cfg.to_dict(), "batch": BATCH, **results}
+        if device == "cpu":
+            flops = step_flops(model_cfg)
+            out[name]["gflop_per_step"] = round(flops / 1e9, 1)
+            out[name]["matmul_bound_windows_per_s"] = round(BATCH / (flops / 1e9 / out["gemm_gflops_fp32"]), 2)
         del variants
     return out
 
@@ -342,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-probe", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (model step speed only on cuda)")
     parser.add_argument("--model-steps", type=int, default=3, help="timed model steps per variant")
+    parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on CPU (slow without "
+                        "native bf16 support)")
     parser.add_argument("--only-model-speed", action="store_true",
                         help="measure the model step speed only and merge it into --out")
     args = parser.parse_args(argv)
@@ -364,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     report["loader_1_worker"] = bench_loader(small, args.loader_batches // 2, 1)
     report["memory"] = {"1x": bench_memory(small, args.loader_batches, args.loader_workers),
                         "10x": bench_memory(large, args.loader_batches, args.loader_workers)}
-    report["model_speed"] = {"cpu": bench_model_speed("cpu", args.model_steps)}
+    report["model_speed"] = {"cpu": bench_model_speed("cpu", args.model_steps, args.cpu_bf16)}
     steps = report["steps"] = bench_steps(small, args.steps)
     cached = steps["cached_features"]["step_s_best"]
     report["speedup"] = {"vs_public_code": round(steps["wav2vec2_public_code"]["step_s_best"] / cached, 2),
@@ -393,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_model_speed(args: argparse.Namespace) -> int:
     """Only the model step speed on ``args.device``, merged into an existing results file."""
     report = json.loads(args.out.read_text()) if args.out.is_file() else {"bench": "train"}
-    speed = bench_model_speed(args.device, args.model_steps)
+    speed = bench_model_speed(args.device, args.model_steps, args.cpu_bf16)
     speed["threads"] = args.threads
     speed["load_avg_1min"] = round(os.getloadavg()[0], 2)
     speed["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -409,6 +446,9 @@ def write_model_speed(args: argparse.Namespace) -> int:
             if isinstance(r, dict) and "windows_per_s" in r:
                 print(f"{args.device} {name} {variant}: {r['windows_per_s']} windows/s, "
                       f"{r['step_s_best']} s/step, {r['speedup_vs_reference']}x")
+        if "matmul_bound_windows_per_s" in speed[name]:
+            print(f"{name}: {speed[name]['gflop_per_step']} GFLOP/step; at {speed['gemm_gflops_fp32']} GFLOP/s "
+                  f"(best fp32 GEMM here) at most {speed[name]['matmul_bound_windows_per_s']} windows/s")
     return 0
 
 

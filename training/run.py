@@ -225,7 +225,8 @@ class Trainer:
 
 def autocast_for(cfg: DictConfig, device: torch.device) -> tuple[contextlib.AbstractContextManager, bool]:
     """(autocast context, whether fp16 needs a gradient scaler). Mixed precision runs on the GPU;
-    on the CPU only with ``train.cpu_autocast`` and bf16, a choice (faster, not exact)."""
+    on the CPU only with ``train.cpu_autocast`` and bf16, a choice (not exact; faster only on CPUs with
+    native bf16)."""
     precision = cfg.train.precision
     if device.type == "cuda" and precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
