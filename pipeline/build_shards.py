@@ -167,32 +167,41 @@ def cluster_info(cfg: DictConfig) -> dict[str, Any]:
     return {"address": address, "resources": resources, "pools": sizes.as_dict()}
 
 
-def start_pools(cfg: DictConfig, sizes: PoolSizes):
+def start_model_workers(cfg: DictConfig, sizes: PoolSizes) -> tuple[list, list]:
+    """The model actors and their ``describe`` calls, not waited for: they load their models (a
+    large model takes a minute) while the identity pass and the CPU workers already run."""
+    import ray
+
+    from pipeline.workers import ModelWorker
+
+    plain = to_dict(cfg)
+    actors = [ray.remote(ModelWorker).options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
+                                              max_restarts=-1, max_task_retries=0)
+              .remote(plain) for _ in range(sizes.model_workers)]
+    return actors, [a.describe.remote() for a in actors]
+
+
+def start_pools(cfg: DictConfig, sizes: PoolSizes, model_actors: list, model_descriptions: list):
     """The CPU and model actor pools and a call that returns {stage: model description}.
 
-    The CPU workers are waited for; the model workers load their models while the CPU workers
-    already probe, cut and crop (loading a large model takes a minute), and get work once up.
+    The CPU workers are waited for; the model workers (:func:`start_model_workers`) get work once up.
+    Building a worker loads its models: a bad file or config fails here, or (for the model
+    workers) at their first use in the scheduler, which stops the run the same way.
     """
     import ray
 
     from pipeline.scheduler import ActorPool
-    from pipeline.workers import CpuWorker, ModelWorker
+    from pipeline.workers import CpuWorker
 
     plain = to_dict(cfg)
     cpu = [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
            .remote(plain) for _ in range(sizes.cpu_workers)]
-    model = [ray.remote(ModelWorker).options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
-                                             max_restarts=-1, max_task_retries=0)
-             .remote(plain) for _ in range(sizes.model_workers)]
-    # Building a worker loads its models: a bad file or config fails here, or (for the model
-    # workers) at their first use in the scheduler, which stops the run the same way.
     cpu_descriptions = ray.get([a.describe.remote() for a in cpu])
-    model_descriptions = [a.describe.remote() for a in model]
 
     def models() -> dict[str, dict[str, str]]:
         return {k: v for d in cpu_descriptions + ray.get(model_descriptions) for k, v in d.items()}
 
-    return ActorPool("cpu", cpu), ActorPool("model", model, starting=model_descriptions), models
+    return ActorPool("cpu", cpu), ActorPool("model", model_actors, starting=model_descriptions), models
 
 
 # -------------------------------------------------------------------------------------------------
@@ -219,10 +228,20 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     this_run: dict[str, Any] = {}
     try:
         this_run["cluster"] = cluster_info(cfg)
-        from pipeline.identity import identity_groups  # before the pools: the split needs every face
+        from pipeline.identity import identity_groups
 
-        identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos])
-        cpu, model, models = start_pools(cfg, PoolSizes(**this_run["cluster"]["pools"]))
+        sizes = PoolSizes(**this_run["cluster"]["pools"])
+        model_actors, model_descriptions = start_model_workers(cfg, sizes)
+        try:
+            # Before any clip is written (the split needs every face), in the CPU workers' share
+            # of the machine while the model workers load.
+            identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
+                                         task_cpus=sizes.cpu_worker_cpus)
+            cpu, model, models = start_pools(cfg, sizes, model_actors, model_descriptions)
+        except BaseException:
+            for actor in model_actors:
+                ray.kill(actor)
+            raise
         this_run["startup_s"] = time.monotonic() - started
         meta: list[RunMeta] = []  # filled once the model workers are up
         progress = Progress(sum(len(c.videos) for c in chunks), enabled=bool(cfg.progress.enabled))

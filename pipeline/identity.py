@@ -102,15 +102,17 @@ class VideoEmbedder:
         return [self(s) for s in sources]
 
 
-def _embed_all(cfg: Mapping[str, Any], sources: list[str]) -> list[tuple[np.ndarray, str | None]]:
-    """Embeddings of every source: Ray tasks of ``work.videos_per_chunk`` videos when Ray is up."""
+def _embed_all(cfg: Mapping[str, Any], sources: list[str],
+               task_cpus: float = 1.0) -> list[tuple[np.ndarray, str | None]]:
+    """Embeddings of every source: Ray tasks of ``work.videos_per_chunk`` videos, ``task_cpus``
+    each, when Ray is up."""
     import ray
 
     if not ray.is_initialized():
         return VideoEmbedder(cfg).many(sources)
     per_task = max(1, int(cfg["work"]["videos_per_chunk"]))
 
-    @ray.remote(num_cpus=1)
+    @ray.remote
     def embed_batch(plain_cfg, batch):
         import cv2
 
@@ -118,13 +120,14 @@ def _embed_all(cfg: Mapping[str, Any], sources: list[str]) -> list[tuple[np.ndar
         return VideoEmbedder(plain_cfg).many(batch)
 
     plain = cfg if isinstance(cfg, dict) else to_dict(cfg)
-    refs = [embed_batch.remote(plain, sources[i:i + per_task]) for i in range(0, len(sources), per_task)]
+    refs = [embed_batch.options(num_cpus=task_cpus).remote(plain, sources[i:i + per_task]) for i in range(0, len(sources), per_task)]
     return [result for batch in ray.get(refs) for result in batch]
 
 
-def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo]) -> dict[str, str]:
+def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo],
+                    task_cpus: float = 1.0) -> dict[str, str]:
     """video id -> split group for ``videos`` (and every video grouped before), embedding and
-    grouping those not stored yet; {} when ``identity.backend`` is ``none``."""
+    grouping those not stored yet (Ray tasks of ``task_cpus``); {} when ``identity.backend`` is ``none``."""
     if cfg["identity"]["backend"] in ("none", None):
         return {}
     stored = read_identities(out)
@@ -133,7 +136,7 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
     if not new:
         return groups
     log.info("identity pass: embedding faces of %d new videos", len(new))
-    results = _embed_all(cfg, [v.source for _, v in new])
+    results = _embed_all(cfg, [v.source for _, v in new], task_cpus)
     backend = BACKEND_MODELS[cfg["identity"]["backend"]]
     threshold = float(cfg["identity"]["threshold"])
     known = {row["video_id"]: (row["group"], _embeddings(row)) for row in stored}
