@@ -101,6 +101,25 @@ class IqaModel:
         return np.concatenate(scores)
 
 
+    @property
+    def scores_videos(self) -> bool:
+        """Whether the metric is Q-Align, whose model also scores a video as one multi-image prompt."""
+        return self.metric_name in ONE_IMAGE_METRICS
+
+    @torch.inference_mode()
+    def video_score(self, frames: np.ndarray) -> float:
+        """Q-Align's video score of (N, H, W, 3) uint8 RGB frames, all in one prompt ("How would you
+        rate the quality of this video?"), on pyiqa's 1..5 weighting. pyiqa's metric wrapper is
+        image-only; the Q-Align model it loads has the video scorer, called here."""
+        from PIL import Image
+
+        if not self.scores_videos:
+            raise ValueError(f"pyiqa metric {self.metric_name!r} has no video scorer; only Q-Align does")
+        images = [Image.fromarray(np.ascontiguousarray(f)) for f in np.asarray(frames)]
+        scores = self.metric.net.model.score([images], task_="quality", input_="video")
+        return float(torch.as_tensor(scores).reshape(-1)[0])
+
+
 def _pyiqa_version() -> str:
     import pyiqa
 

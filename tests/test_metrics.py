@@ -166,3 +166,45 @@ def test_qalign_weighting_on_fixed_logits():
     assert list(one_fps_indices(60)) == [0, 25, 50] and list(one_fps_indices(3)) == [0]
     with pytest.raises(ValueError, match="levels"):
         qalign_score(np.zeros(4))
+
+
+class _ScoredFrames:
+    """A stand-in for the 16 GB Q-Align model (it cannot run here): frame scores are the frame's
+    index, and the video scorer records which frames it was given."""
+
+    metric_name, scores_videos = "qalign", True
+
+    def __init__(self):
+        self.video_frames = None
+
+    def frame_scores(self, frames):
+        return frames[:, 0, 0, 0].astype(np.float32) / 100 + 1.0  # pyiqa's 1..5 scale
+
+    def video_score(self, frames):
+        self.video_frames = frames[:, 0, 0, 0].tolist()
+        return 4.0
+
+
+def test_vqa_is_q_align_s_video_score_of_the_1_fps_frames_and_iqa_the_frame_mean():
+    from training.metrics.qalign import quality_scores
+
+    frames = np.zeros((60, 4, 4, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(60)
+    model = _ScoredFrames()
+    scores = quality_scores(model, frames, iqa_stride=2)
+    assert model.video_frames == [0, 25, 50]  # one prompt of the frames at 1 fps
+    assert scores["vqa"] == pytest.approx(75.0)  # (4 - 1) / 4 x 100
+    assert scores["iqa"] == pytest.approx(pyiqa_to_paper(1.0 + np.arange(0, 60, 2).mean() / 100))
+    assert (scores["iqa_frames"], scores["vqa_frames"]) == (30, 3)
+    model.scores_videos, model.metric_name = False, "piqe"  # any other metric: VQA = mean of the 1 fps frames
+    other = quality_scores(model, frames)
+    assert other["vqa"] == pytest.approx(1.0 + np.mean([0, 25, 50]) / 100)
+
+
+def test_only_q_align_has_a_video_scorer():
+    from models.quality import IqaModel
+
+    piqe = IqaModel("piqe", device="cpu")
+    assert not piqe.scores_videos
+    with pytest.raises(ValueError, match="video scorer"):
+        piqe.video_score(np.zeros((2, 8, 8, 3), np.uint8))

@@ -5,11 +5,12 @@ five level words; its own scorer weights their softmax by [1, .75, .5, .25, 0] (
 ``qalign`` weights the same softmax by [5, 4, 3, 2, 1] (1..5), so ``(pyiqa - 1) / 4`` is Q-Align's
 own number, and the paper's IQA/VQA (68.97, 72.42...) read as that times 100.
 
-VQA: Q-Align's video scorer puts frames sampled at 1 fps into one multi-image prompt. pyiqa's
-``qalign`` takes one image (its ``input_='video'`` is not implemented), so this project's VQA is the
-mean of the per-frame scores of the 1 fps frames: a stated stand-in, not Q-Align's video score.
-Without Q-Align's weights (or with ``--random-weights``) another pyiqa metric (``piqe``) fills both
-columns, on its own scale, labelled as such in every output.
+VQA: Q-Align's video scorer puts the frames sampled at 1 fps into one multi-image prompt ("How would
+you rate the quality of this video?"). pyiqa's ``qalign`` metric takes one image, but the Q-Align
+model it loads has that scorer, and ``models.quality.IqaModel.video_score`` calls it. Without
+Q-Align's weights (or with ``--random-weights``) another pyiqa metric (``piqe``) fills both
+columns, on its own scale, VQA then being the mean of its 1 fps frame scores, labelled as such in
+every output.
 """
 from __future__ import annotations
 
@@ -54,10 +55,14 @@ def quality_scores(model, frames: np.ndarray, iqa_stride: int = 1) -> dict[str, 
     video, on the paper's scale for Q-Align and on the metric's own scale otherwise."""
     iqa_idx = np.arange(0, len(frames), max(1, iqa_stride))
     vqa_idx = one_fps_indices(len(frames))
-    wanted = np.union1d(iqa_idx, vqa_idx)
-    scores = dict(zip(wanted.tolist(), model.frame_scores(frames[wanted]).tolist()))
-    iqa = float(np.mean([scores[i] for i in iqa_idx]))
-    vqa = float(np.mean([scores[i] for i in vqa_idx]))
+    if model.scores_videos:  # Q-Align: the 1 fps frames as one video prompt
+        iqa = float(np.mean(model.frame_scores(frames[iqa_idx])))
+        vqa = model.video_score(frames[vqa_idx])
+    else:
+        wanted = np.union1d(iqa_idx, vqa_idx)
+        scores = dict(zip(wanted.tolist(), model.frame_scores(frames[wanted]).tolist()))
+        iqa = float(np.mean([scores[i] for i in iqa_idx]))
+        vqa = float(np.mean([scores[i] for i in vqa_idx]))
     if model.metric_name in QALIGN_METRICS:
         iqa, vqa = float(pyiqa_to_paper(iqa)), float(pyiqa_to_paper(vqa))
     return {"iqa": iqa, "vqa": vqa, "iqa_frames": len(iqa_idx), "vqa_frames": len(vqa_idx)}
@@ -67,6 +72,6 @@ def describe(metric: str, lower_better: bool) -> str:
     """What the IQA/VQA numbers are, for the results."""
     if metric in QALIGN_METRICS:
         return (f"Q-Align through pyiqa {metric!r}: (score - 1) / 4 x 100, Q-Align's own 0..1 weighting x 100; "
-                f"VQA = mean of per-frame scores at {VQA_FPS} fps (stand-in for Q-Align's multi-image video prompt)")
+                f"VQA = Q-Align's video scorer on the frames at {VQA_FPS} fps as one multi-image prompt, same scale")
     return (f"STAND-IN, NOT Q-ALIGN: pyiqa {metric!r} on its own scale ({'lower' if lower_better else 'higher'} "
             f"is better), not comparable with the paper's IQA/VQA; VQA = mean over frames at {VQA_FPS} fps")
