@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.amt.decoders import InitDecoder, IntermediateDecoder, MultiFlowDecoder, merge_predictions
+from models.amt.decoders import (
+    InitDecoder,
+    IntermediateDecoder,
+    MultiFlowDecoder,
+    merge_predictions,
+)
 from models.amt.encoders import FeatureEncoder, PyramidEncoder
 from models.amt.flow import CorrelationPyramid, pixel_grid, resize
 from models.amt.update import UpdateBlock
+from models.state_dicts import load_strict, strip_ddp_prefix
 from models.weights import RANDOM, entry, warn_random, weight_id
 
 REGISTRY_NAME = "amt_s"
@@ -37,7 +43,6 @@ SIZE_MULTIPLE = 16  # inputs' height and width (the pyramid's coarsest level is 
 # The coarsest correlation level is 1/(8 * 2^(levels-1)) = 1/64 of the input; a side of one pixel
 # there divides by zero in the lookup's normalisation (the official model returns NaN), so 2 is needed.
 MIN_SIZE = 8 * 2 ** (CORR_LEVELS - 1) * 2
-DDP_PREFIX = "module."
 
 
 class AmtS(nn.Module):
@@ -127,13 +132,6 @@ def _numpy_scalar_globals() -> list:
             type(np.dtype(np.float64))]
 
 
-def strip_ddp_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``module.`` when every key has it (a checkpoint saved from DistributedDataParallel)."""
-    if state and all(k.startswith(DDP_PREFIX) for k in state):
-        return {k[len(DDP_PREFIX):]: v for k, v in state.items()}
-    return dict(state)
-
-
 def read_amt_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The network's state dict from an AMT checkpoint (``{"state_dict": ..., "epoch", "optim"}``, as
     AMT's trainer saves it) or a bare state dict, loaded weights-only; errors name the file."""
@@ -170,9 +168,6 @@ def load_amt_s(weights: str | Path, device: str | torch.device = "cpu", seed: in
         path = Path(weights)
         state = read_amt_state_dict(path)
         model = AmtS()
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path} is not an AMT-S state dict:\n{e}") from None
+        load_strict(model, state, path, "AMT-S")
         model.weight_id = weight_id(path)
     return model.to(device).eval().requires_grad_(False)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.state_dicts import load_strict, read_state_dict
 from models.weights import RANDOM, warn_random, weight_id
 
 # --- conv blocks (BatchNorm in eval mode: a per-channel affine from the checkpoint's statistics) ---
@@ -126,28 +127,6 @@ def settle_spectral_norm(model: nn.Module, iterations: int = 30) -> None:
                 u.copy_(F.normalize(w @ v, dim=0, eps=1e-12))
 
 
-def read_checkpoint(path: str | Path, what: str) -> dict:
-    """``torch.load`` (weights only) of a state-dict file, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} weights not found: {path} (see `python -m models.weights verify`)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - not a torch file, truncated, or pickled objects
-        raise ValueError(f"{path} is not a readable weights-only torch file: {e}") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")  # noqa: TRY004
-    return state
-
-
-def load_strict(model: nn.Module, state: dict, path: str | Path, what: str) -> None:
-    """``load_state_dict(strict=True)``; a mismatch becomes a ValueError naming the file."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path} is not a LivePortrait {what} state dict:\n{e}") from None
-
-
 def load_network(factory: Callable[[], nn.Module], weights: str | Path, *, name: str, what: str,
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                  seed: int = 0) -> nn.Module:
@@ -165,8 +144,8 @@ def load_network(factory: Callable[[], nn.Module], weights: str | Path, *, name:
             settle_spectral_norm(model)
         model.weight_id = RANDOM
     else:
-        state = read_checkpoint(weights, what)
+        state = read_state_dict(weights, f"LivePortrait {what}")
         model = factory()
-        load_strict(model, state, weights, what)
+        load_strict(model, state, weights, f"LivePortrait {what}")
         model.weight_id = weight_id(weights)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)

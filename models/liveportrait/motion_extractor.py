@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from models.onnx_cpu import OnnxCpu, placement
+from models.state_dicts import load_strict, read_state_dict
 from models.weights import RANDOM, warn_random, weight_id
 from shards.format import MOTION_SHAPES
 
@@ -150,17 +151,9 @@ def load_motion_extractor(weights: str | Path, device: str | torch.device = "cpu
             model = MotionExtractor()
     else:
         path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"motion extractor weights not found: {path} "
-                                    f"(see `python -m models.weights verify`)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+        state = read_state_dict(path, "LivePortrait motion extractor")
         model = MotionExtractor()
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path} is not a LivePortrait motion extractor state dict:\n{e}") from None
+        load_strict(model, state, path, "LivePortrait motion extractor")
         model.weight_id = weight_id(path)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 

@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.liveportrait.blocks import load_strict, read_checkpoint
+from models.state_dicts import load_strict, read_state_dict, strip_ddp_prefix
 from models.weights import RANDOM, warn_random, weight_id
 
 REGISTRY_NAME = "liveportrait_stitching_retargeting_module"
-DDP_PREFIX = "module."
 LIP_NORMALIZE_THRESHOLD = 0.03  # flag_normalize_lip closes the source mouth only when its ratio is >= this
 # models.yaml's stitching_retargeting_module_params, under the checkpoint's names.
 MLP_SIZES = {
@@ -93,11 +92,6 @@ class StitchingRetargetingModule(nn.Module):
         return self.retarget_eye(torch.cat([x_s.reshape(b, -1), eye_close_ratio], dim=1)).reshape(b, k, 3)
 
 
-def strip_ddp_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop a leading ``module.`` from every key (checkpoints saved from DistributedDataParallel)."""
-    return {(key.removeprefix(DDP_PREFIX)): value for key, value in state.items()}
-
-
 def load_stitching_retargeting(weights: str | Path, device: str | torch.device = "cpu",
                                dtype: torch.dtype | None = None, seed: int = 0,
                                name: str = REGISTRY_NAME) -> StitchingRetargetingModule:
@@ -110,14 +104,14 @@ def load_stitching_retargeting(weights: str | Path, device: str | torch.device =
             torch.manual_seed(seed)
             model = StitchingRetargetingModule()
     else:
-        state = read_checkpoint(weights, what)
+        state = read_state_dict(weights, f"LivePortrait {what}")
         missing = [key for key in MLP_SIZES if not isinstance(state.get(key), dict)]
         if missing:
             raise ValueError(f"{weights} is not a LivePortrait {what} file: no state dict under "
                              f"{missing} (has {list(state)[:6]})")
         model = StitchingRetargetingModule()
         for key in MLP_SIZES:
-            load_strict(getattr(model, key), strip_ddp_prefix(state[key]), weights, f"{what} ({key})")
+            load_strict(getattr(model, key), strip_ddp_prefix(state[key]), weights, f"LivePortrait {what} ({key})")
         model.weight_id = weight_id(weights)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
