@@ -24,7 +24,9 @@ compute that directly (:meth:`DecoderLayer.own_frame_attention`), the same funct
 of the cost; attention dropout then drops that single weight per head and query, as the masked
 attention would. ``MotionDenoiser.single_key_cross_attention = False`` runs the masked attention
 instead (the reference the tests compare against). The layers keep the parameter names of
-``nn.TransformerDecoderLayer``, so weights load into either.
+``nn.TransformerDecoderLayer``, so weights load into either. In CPU training every dropout (the
+attention weights' included, so self-attention is then computed in the layer) draws its mask the
+cheaper way of :mod:`training.cpu_dropout`.
 
 The network predicts ``x0`` for all ``w_pre + w_cur`` frames; the output layer starts at zero so an
 untrained model predicts the dataset mean (zero in normalised units).
