@@ -1,10 +1,11 @@
 """Does ``training.run`` learn to move a face with speech? Train on the synthetic world and measure.
 
-    .venv/bin/python bench/learn.py [--minutes 18] [--reduced] [--work DIR] [--out bench/results/learn.json]
+    .venv/bin/python bench/learn.py [--minutes 18] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
+    .venv/bin/python bench/learn.py --resample ddpm:50   # the last paper run, another sampler
 
 Builds the world of ``tests/synthetic_world.py`` (real speech, known mouth mapping), trains with the
-real ``training.run`` code path (the paper model of configs/train.yaml, or ``--reduced``, the
-small model the test suite trains), then generates motion for held-out speech through
+real ``training.run`` code path (the small model the test suite trains, then, unless
+``--skip-paper``, the paper model of configs/train.yaml), then generates motion for held-out speech through
 ``training.sample``'s real path (checkpoint -> EMA model -> sliding windows, CFG, cross-fade ->
 denormalised 70-dim motion) and measures:
 
@@ -236,6 +237,28 @@ def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_st
     return result
 
 
+def paper_world(args: argparse.Namespace) -> World:
+    return build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=24, n_val=3,
+                       n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
+
+
+def resample(args: argparse.Namespace) -> int:
+    """The last paper run's checkpoint scored with another sampler (does the sampler, not the
+    model, decide how much the audio-independent motion moves?)."""
+    sampler, steps = args.resample.split(":")
+    sample = {"sampler": sampler, "steps": int(steps)}
+    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args), sample,
+                      scales=(DEFAULT_CFG_SCALE,))
+    result.pop("examples")
+    report = json.loads(args.out.read_text())
+    report["paper"].setdefault("other_samplers", {})[args.resample] = result
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "std_ratio_per_dim"}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=18.0, help="training time for the paper model")
@@ -245,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_learn"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--resample", metavar="SAMPLER:STEPS", default=None,
+                        help="no training: score the last paper run (in --work) again with another sampler, "
+                             "e.g. ddpm:50, added to --out under paper.other_samplers")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resample:
+        return resample(args)
     load_before = os.getloadavg()[0]
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",
@@ -259,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     report["reduced"] = run_variant("reduced", small_world, args.work, REDUCED, args.reduced_steps,
                                     None, sample, args.out.parent)
     if not args.skip_paper:
-        world = build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=24, n_val=3,
-                            n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
+        world = paper_world(args)
         report["paper"] = run_variant("paper", world, args.work, PAPER, 100_000, args.minutes * 60,
                                       sample, args.out.parent)
         headline = report["paper"]
