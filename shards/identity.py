@@ -26,6 +26,12 @@ def identity_group(video_id: str) -> str:
     return f"face:{video_id}"
 
 
+def squared_distances(block: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    """(len(block), len(b)) squared Euclidean distances, ``b_sq`` being b's squared row norms
+    (computed once for all blocks); may dip just below 0 from rounding."""
+    return (block * block).sum(axis=1)[:, None] + b_sq[None, :] - 2.0 * block @ b.T
+
+
 def close_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(rows of ``a``, rows of ``b``, distances) of every pair closer than ``threshold``, block by block."""
     if len(a) == 0 or len(b) == 0:
@@ -35,7 +41,7 @@ def close_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> Iterator[tupl
     b_sq = (b * b).sum(axis=1)
     for start in range(0, len(a), BLOCK):
         block = a[start:start + BLOCK]
-        sq = (block * block).sum(axis=1)[:, None] + b_sq[None, :] - 2.0 * block @ b.T
+        sq = squared_distances(block, b, b_sq)
         dist = np.sqrt(np.clip(sq, 0.0, None))
         rows, cols = np.nonzero(dist < threshold)
         yield rows + start, cols, dist[rows, cols]
@@ -107,7 +113,7 @@ def nearest(queries: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np
     r_sq = (r * r).sum(axis=1)
     for start in range(0, len(q), BLOCK):
         block = q[start:start + BLOCK]
-        sq = (block * block).sum(axis=1)[:, None] + r_sq[None, :] - 2.0 * block @ r.T
+        sq = squared_distances(block, r, r_sq)
         rows[start:start + BLOCK] = sq.argmin(axis=1)
         distances[start:start + BLOCK] = np.sqrt(np.clip(sq.min(axis=1), 0.0, None))
     return distances, rows

@@ -205,9 +205,11 @@ def motion_against_truth(generated: np.ndarray, truth: np.ndarray) -> dict[str, 
     frames both have: per-group L2 and both sides' dynamics."""
     from training.motion_metrics import group_l2
 
-    n = min(len(generated), len(truth))
-    if truth.ndim != 2 or truth.shape[1] != generated.shape[1] or n < 4:
+    if truth.ndim != 2 or truth.shape[1] != generated.shape[1]:
         return {"reason": f"true motion {truth.shape} does not match the generated {generated.shape}"}
+    n = min(len(generated), len(truth))
+    if n < 4:  # jerk, the third difference, needs four frames
+        return {"reason": f"only {n} frames of motion on both sides; the dynamics need 4"}
     return {"n_frames": n, "l2": {k: float(v) for k, v in group_l2(generated[:n], truth[:n]).items()},
             "generated": dynamics_of(generated[:n]), "real": dynamics_of(truth[:n])}
 

@@ -183,20 +183,28 @@ def select_clips(clips: pa.Table, min_s: float = MIN_CLIP_S, max_s: float = MAX_
     return [r for group in chosen.values() for r in group]
 
 
-def clip_motion(pipeline_out: Path, clip: dict) -> np.ndarray | None:
-    """The clip's motion vectors (T, 70) from its shard (``OUT/shards/<shard>``), None without one."""
+def clip_motions(pipeline_out: Path, clips: Sequence[dict]) -> dict[str, np.ndarray]:
+    """clip id -> the clip's motion vectors (T, 70) from its shard (``OUT/shards/<shard>``), each
+    shard read once and only until its wanted keys are found; a clip whose shard or key is missing
+    gets none (a warning)."""
     from shards.reader import decode_sample, iter_raw
     from shards.vector import motion_to_vector
 
-    shard = pipeline_out / "shards" / str(clip.get("shard") or "")
-    if not clip.get("shard") or not shard.is_file():
-        log.warning("clip %s: shard %s not found; the item gets no true motion", clip["clip_id"], shard)
-        return None
-    for raw in iter_raw(shard):
-        if raw["__key__"] == clip.get("key"):
-            return motion_to_vector(decode_sample(raw, with_audio=False)["motion"])
-    log.warning("clip %s: key %s not in %s; the item gets no true motion", clip["clip_id"], clip.get("key"), shard)
-    return None
+    wanted: dict[str, dict[str, str]] = {}  # shard -> sample key -> clip id
+    for clip in clips:
+        wanted.setdefault(str(clip.get("shard") or ""), {})[str(clip.get("key"))] = clip["clip_id"]
+    motions: dict[str, np.ndarray] = {}
+    for name, keys in wanted.items():
+        shard = pipeline_out / "shards" / name
+        if name and shard.is_file():
+            for raw in iter_raw(shard):
+                if raw["__key__"] in keys:
+                    motions[keys.pop(raw["__key__"])] = motion_to_vector(decode_sample(raw, with_audio=False)["motion"])
+                    if not keys:
+                        break
+        for key, clip_id in keys.items():
+            log.warning("clip %s: sample %s not found in shard %s; the item gets no true motion", clip_id, key, shard)
+    return motions
 
 
 def write_item(clip: dict, out_dir: Path, crf: int = 18, motion: np.ndarray | None = None) -> TestItem:
@@ -238,7 +246,8 @@ def build_from_pipeline(pipeline_out: str | Path, out_dir: str | Path, min_s: fl
     if not clips:
         raise TestSetError(f"{manifest} has no kept validation clips of {min_s:g}-{max_s:g} s")
     out_dir = Path(out_dir)
-    items = [write_item(clip, out_dir, motion=clip_motion(Path(pipeline_out), clip)) for clip in clips]
+    motions = clip_motions(Path(pipeline_out), clips)
+    items = [write_item(clip, out_dir, motion=motions.get(clip["clip_id"])) for clip in clips]
     log.info("test set: %d clips of %d people", len(items), len({i.speaker for i in items}))
     return write_test_set(items, out_dir / LIST_NAME)
 
