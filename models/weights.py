@@ -150,6 +150,17 @@ REGISTRY: dict[str, WeightFile] = {w.name: w for w in [
         note="only for the insightface face backend",
     ),
     WeightFile(
+        name="insightface_w600k_r50",
+        kind="file",
+        path="insightface/models/buffalo_l/w600k_r50.onnx",
+        source="InsightFace buffalo_l model pack (ArcFace ResNet-50 trained on WebFace600K)",
+        url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
+        licence="InsightFace buffalo_l: non-commercial research use only",
+        required_by=("pipeline",),
+        optional=True,
+        note="only for identity.backend insightface; unzip buffalo_l.zip and place w600k_r50.onnx here",
+    ),
+    WeightFile(
         name="chinese_hubert_base",
         kind="folder",
         path="audio/chinese-hubert-base",

@@ -23,12 +23,12 @@ import pyarrow as pa
 
 from configs import to_dict
 from models.face_detectors import make_detector
-from models.face_identity import BACKEND_MODELS, FaceEmbedder, make_embedder
+from models.face_identity import BACKEND_MODELS, FaceEmbedder, identity_threshold
 from pipeline.decode import iter_video_chunks
 from pipeline.inputs import InputVideo, video_id
 from pipeline.outdir import OutputDir
 from pipeline.probe import probe
-from pipeline.stages.faces import working_size
+from pipeline.stages.faces import embedder_for, working_size
 from shards.format import FPS
 from shards.identity import assign_groups
 from shards.split import split_group
@@ -68,7 +68,7 @@ class VideoEmbedder:
     """Embeds the largest face on a few frames of a video (one set of models, many videos)."""
 
     def __init__(self, cfg: Mapping[str, Any]):
-        self.embedder: FaceEmbedder | None = make_embedder(cfg["identity"]["backend"])
+        self.embedder: FaceEmbedder | None = embedder_for(cfg)
         faces = cfg["faces"]
         self.detector = make_detector(faces["backend"], weights_dir=cfg["weights"].get("dir"),
                                       **dict(faces.get("detector_options") or {}))
@@ -138,7 +138,7 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
     log.info("identity pass: embedding faces of %d new videos", len(new))
     results = _embed_all(cfg, [v.source for _, v in new], task_cpus)
     backend = BACKEND_MODELS[cfg["identity"]["backend"]]
-    threshold = float(cfg["identity"]["threshold"])
+    threshold = identity_threshold(cfg["identity"]["backend"], cfg["identity"].get("threshold"))
     known = {row["video_id"]: (row["group"], _embeddings(row)) for row in stored}
     labelled = {vid: (split_group(v.speaker, vid), emb) for (vid, v), (emb, _) in zip(new, results) if v.speaker}
     unlabelled = {vid: emb for (vid, v), (emb, _) in zip(new, results) if not v.speaker}

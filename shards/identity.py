@@ -1,8 +1,8 @@
 """Identity groups: videos whose faces are one person share a split group, without speaker labels.
 
 Every video carries a few face embeddings (one per sampled frame). Two videos are linked when any
-of their embeddings are closer than the identity threshold (Euclidean, 0.6 for dlib's descriptor),
-and a group is a connected component of that graph: over-merging (a chain of look-alikes) only
+of their embeddings are closer than the identity threshold (Euclidean; 0.6 for dlib's descriptor,
+1.1 for ArcFace), and a group is a connected component of that graph: over-merging (a chain of look-alikes) only
 makes the split coarser, while a missed link would put one person in both splits.
 
 Groups are assigned once and kept: a grown input never moves a video that already has a group.
@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 # Same person below this distance, per embedding model (the name each clip records).
-IDENTITY_THRESHOLDS = {"dlib_resnet128": 0.6}
+# dlib's own threshold for its descriptor; DeepFace's for buffalo_l's ArcFace (unit-length embeddings).
+IDENTITY_THRESHOLDS = {"dlib_resnet128": 0.6, "insightface_w600k_r50": 1.1}
 BLOCK = 2048  # rows of a distance block (2048 x 2048 float32 = 16 MB)
 
 

@@ -129,6 +129,128 @@ def test_unreadable_video_keeps_its_own_group(cfg, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# ArcFace (InsightFace w600k_r50) on a small ONNX graph of its input and output
+
+
+def tiny_arcface(path: Path, normalise_inside: bool = False, seed: int = 0) -> np.ndarray:
+    """An ONNX graph with ArcFace's input (N, 3, 112, 112) and a 512-d output: 8x8 average pooling,
+    then a fixed random projection of the 3x14x14 pooled image. With ``normalise_inside`` it starts
+    with ``Sub`` and ``Mul`` nodes (127.5 and 1/127.5), as graphs that take raw pixels do. Returns
+    the projection."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    weight = np.random.default_rng(seed).standard_normal((3 * 14 * 14, 512)).astype(np.float32)
+    nodes, first = [], "data"
+    if normalise_inside:
+        nodes += [helper.make_node("Sub", ["data", "mean"], ["centred"], name="Sub_0"),
+                  helper.make_node("Mul", ["centred", "inv_std"], ["scaled"], name="Mul_1")]
+        first = "scaled"
+    nodes += [helper.make_node("AveragePool", [first], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+              helper.make_node("Flatten", ["pooled"], ["flat"]),
+              helper.make_node("MatMul", ["flat", "weight"], ["fc1"])]
+    inits = [numpy_helper.from_array(weight, "weight"),
+             numpy_helper.from_array(np.asarray(127.5, np.float32), "mean"),
+             numpy_helper.from_array(np.asarray(1 / 127.5, np.float32), "inv_std")]
+    graph = helper.make_graph(nodes, "tiny_arcface",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 512])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(path))
+    return weight
+
+
+def test_similarity_matrix_recovers_a_known_similarity_and_never_reflects():
+    from models.face_identity import ARCFACE_TEMPLATE, similarity_matrix
+
+    angle, scale, shift = np.deg2rad(23.0), 1.7, np.asarray([31.0, -12.0])
+    rotation = np.asarray([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    src = ARCFACE_TEMPLATE * 2.0 + 5.0
+    dst = src @ (scale * rotation).T + shift
+    np.testing.assert_allclose(similarity_matrix(src, dst), np.hstack([scale * rotation, shift[:, None]]),
+                               atol=1e-9)
+    # Mirrored points: the best proper similarity, not a reflection (positive determinant).
+    mirrored = similarity_matrix(src * [-1.0, 1.0], src)
+    assert np.linalg.det(mirrored[:, :2]) > 0
+
+
+def test_five_points_from_68():
+    from models.face_identity import five_points_from_68
+
+    points = np.zeros((68, 2))
+    points[36:42] = (10, 20)
+    points[42:48] = (30, 20)
+    points[30], points[48], points[54] = (20, 30), (12, 40), (28, 40)
+    np.testing.assert_allclose(five_points_from_68(points), [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]])
+    with pytest.raises(ValueError, match="68"):
+        five_points_from_68(np.zeros((106, 2)))
+
+
+@pytest.mark.parametrize("normalise_inside", [False, True])
+def test_arcface_preprocessing_by_hand_on_a_real_face(media, tmp_path, normalise_inside):
+    """Alignment puts the face's five points on ArcFace's template; the input is RGB, scaled as the
+    graph expects; the embedding is the graph's output at unit length."""
+    from models.face_detectors import make_detector
+    from models.face_identity import ARCFACE_TEMPLATE, ArcFaceEmbedder, five_points_from_68, make_embedder
+
+    weight = tiny_arcface(tmp_path / "w600k_r50.onnx", normalise_inside)
+    embedder = make_embedder("insightface", weights=tmp_path / "w600k_r50.onnx")
+    assert isinstance(embedder, ArcFaceEmbedder) and embedder.threshold == 1.1
+    assert (embedder.mean, embedder.std) == ((0.0, 1.0) if normalise_inside else (127.5, 127.5))
+    frame = next(iter(iter_video_chunks(media / "lp_d14.mp4", 1.0, 1.04, size=(512, 512))))[0]
+    box = make_detector("haar").detect(frame, 64)[0, :4]
+    face = embedder.aligned(frame, box)
+    assert face.shape == (112, 112, 3) and face.dtype == np.uint8 and face.std() > 20
+    # The five points, mapped by the alignment, land within 6 px of the template (a real face is
+    # not the template's shape), and the crop's centre is skin, not border.
+    from models.face_identity import similarity_matrix
+
+    five = five_points_from_68(embedder.landmarks.landmarks(frame, box))
+    matrix = similarity_matrix(five, ARCFACE_TEMPLATE)
+    mapped = five @ matrix[:, :2].T + matrix[:, 2]
+    assert np.abs(mapped - ARCFACE_TEMPLATE).max() < 6.0, mapped
+    # By hand: (x - 127.5) / 127.5 (or raw pixels into a graph that normalises itself), 8x8 means,
+    # the projection, unit length.
+    pixels = face.astype(np.float64).transpose(2, 0, 1)
+    scaled = (pixels - 127.5) / 127.5
+    pooled = scaled.reshape(3, 14, 8, 14, 8).mean(axis=(2, 4)).reshape(-1)
+    expected = pooled @ weight
+    expected /= np.linalg.norm(expected)
+    got = embedder.embed(frame, box)
+    assert got.shape == (512,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_arcface_weights_missing_or_wrong(tmp_path):
+    from models.face_identity import make_embedder
+    from models.weights import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="w600k_r50"):
+        make_embedder("insightface", weights_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="w600k_r50"):
+        make_embedder("insightface", weights=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="unknown identity backend"):
+        make_embedder("facenet")
+
+
+def test_identity_pass_with_the_arcface_backend(videos, cfg, tmp_path):
+    """The pass records the ArcFace model and 512-d unit embeddings; the threshold is ArcFace's."""
+    tiny_arcface(tmp_path / "w600k_r50.onnx")
+    out = OutputDir(str(tmp_path / "out"))
+    arc = {**cfg, "identity": {**cfg["identity"], "backend": "insightface",
+                               "weights": str(tmp_path / "w600k_r50.onnx")}}
+    inputs = [InputVideo(str(videos[n])) for n in ("d14_a", "d20")]
+    groups = identity_groups(arc, out, inputs)
+    assert set(groups) == {video_id(str(videos[n])) for n in ("d14_a", "d20")}
+    stored = read_identities(out)
+    assert [r["backend"] for r in stored] == ["insightface_w600k_r50"] * 2
+    emb = np.asarray(stored[0]["embeddings"]).reshape(stored[0]["n_faces"], -1)
+    assert emb.shape == (2, 512)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
 # The audit
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from filters.cheap import check_faces
 from pipeline.clip import Clip
 from pipeline.decode import DecodeError, iter_video_chunks
-from models.face_identity import make_embedder
+from models.face_identity import FaceEmbedder, make_embedder
 from models.weights import weight_id
 from pipeline.faces import (LIVEPORTRAIT_SIZE, SYNCNET_SIZE, FaceTracker, crop_liveportrait,
                             crop_syncnet)
@@ -36,6 +36,12 @@ def working_size(width: int, height: int, rotation: int, max_side: int) -> tuple
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+def embedder_for(cfg) -> FaceEmbedder | None:
+    """The run's identity embedder (``identity.backend`` and ``identity.weights``)."""
+    ident = cfg["identity"]
+    return make_embedder(ident["backend"], ident.get("weights"), cfg["weights"].get("dir"))
+
+
 class FaceStage(Filter):
     name = "faces"
     sections = ("faces",)
@@ -48,7 +54,7 @@ class FaceStage(Filter):
         self.tracker = FaceTracker(backend=opts.pop("backend"), min_face=0.0,
                                    weights_dir=cfg["weights"].get("dir"), **opts)
         self.decode = cfg["decode"]
-        self.embedder = make_embedder(cfg["identity"]["backend"])
+        self.embedder = embedder_for(cfg)
         self.identity_frames = int(cfg["identity"]["frames"])
 
     def describe(self) -> dict[str, str]:
