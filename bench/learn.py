@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/learn.py [--minutes 18] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
     .venv/bin/python bench/learn.py --resample ddpm:50   # the last paper run, another sampler
+    .venv/bin/python bench/learn.py --study              # the reduced model: world size x steps
 
 Builds the world of ``tests/synthetic_world.py`` (real speech, known mouth mapping), trains with the
 real ``training.run`` code path (the small model the test suite trains, then, unless
@@ -18,7 +19,10 @@ denormalised 70-dim motion) and measures:
   velocity inside windows, with the cross-fade (and without, ``..._no_blend``);
 * train and validation loss curves read back from the run's TensorBoard log.
 
-Writes bench/results/learn.json and PNG plots beside it.
+Writes bench/results/learn.json and PNG plots beside it. ``--study`` trains the reduced model on
+worlds of 24 and 96 training clips for 400 to 6,400 steps (``STUDY``): whether motion that does not
+depend on the audio collapses towards the mean because the world is small (memorised) or the run
+short, rather than because of the sampler.
 """
 from __future__ import annotations
 
@@ -220,7 +224,7 @@ def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: st
 
 
 def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_steps: int,
-                max_seconds: float | None, sample: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+                max_seconds: float | None, sample: dict[str, Any], out_dir: Path | None) -> dict[str, Any]:
     run_dir = work / f"run_{tag}"
     for old in (run_dir, run_dir.with_name(run_dir.name + "_probe")):  # a fresh run, never a resumed one
         shutil.rmtree(old, ignore_errors=True)
@@ -232,13 +236,13 @@ def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_st
     result.update(steps=summary["step"], train_s=round(train_s, 1),
                   step_s=round(summary["elapsed_s"] / max(1, summary["steps_run"]), 3),
                   overrides=overrides, loss_curves=curves)
-    result["plots"] = plot(result, curves, out_dir, tag)
+    result["plots"] = plot(result, curves, out_dir, tag) if out_dir is not None else []
     result.pop("examples")
     return result
 
 
 def paper_world(args: argparse.Namespace) -> World:
-    return build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=24, n_val=3,
+    return build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=args.train_clips, n_val=3,
                        n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
 
 
@@ -259,15 +263,59 @@ def resample(args: argparse.Namespace) -> int:
     return 0
 
 
+# (training clips, steps, extra overrides) of the collapse study: the same reduced model on a world
+# 4x larger, for 4x and 16x the steps, with pose z-scored, and without the velocity and smoothness
+# losses (does the audio-independent motion come back with data, training, scaling or losses?)
+STUDY = ((24, 400, ()), (24, 1600, ()), (96, 1600, ()), (96, 6400, ()),
+         (96, 1600, ("data.pose_norm=zscore",)), (96, 1600, ("loss.velocity=0", "loss.smooth=0")))
+
+
+def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:
+    """The reduced model over ``STUDY``; the compact figures of each go to --out under
+    ``reduced_collapse_study`` (its other keys are kept)."""
+    rows = []
+    worlds: dict[int, World] = {}
+    for clips, steps, extra in STUDY:
+        if clips not in worlds:
+            worlds[clips] = build_world(args.work / f"world32_{clips}", media_dir(), feature_dim=32,
+                                        n_train=clips, n_val=3, n_held_out=3, seconds=(10.0, 60.0))
+        world = worlds[clips]
+        r = run_variant(f"study_{clips}_{steps}", world, args.work, REDUCED + args.set + list(extra), steps,
+                        None, sample, None)
+        val = r["loss_curves"].get("val/loss_ema") or r["loss_curves"].get("val/loss") or [[None, None]]
+        train = r["loss_curves"].get("train/loss") or [[None, None]]
+        rows.append({"train_clips": clips, "extra_overrides": list(extra), "train_minutes": round(sum(len(c.mouth) for c in world.train) / 25 / 60, 1),
+                     "steps": r["steps"], "train_s": r["train_s"], "mouth_corr": r["mouth_corr"],
+                     "null_corr": r["null_corr"], "std_ratio": r["std_ratio"],
+                     "std_ratio_in_0.5_2": r["std_ratio_in_0.5_2"],
+                     "pose_across_seeds_deg": r["pose_across_seeds"]["mean_abs_diff_deg"],
+                     "boundary_velocity_ratio": r["boundary_velocity_ratio"],
+                     "last_train_loss": train[-1][1], "last_val_loss": val[-1][1]})
+        print(json.dumps(rows[-1]), flush=True)
+    report = json.loads(args.out.read_text()) if args.out.exists() else {"bench": "learn"}
+    report["reduced_collapse_study"] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampler": sample,
+                                        "overrides": REDUCED + args.set, "rows": rows}
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=18.0, help="training time for the paper model")
     parser.add_argument("--reduced-steps", type=int, default=400)
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--train-clips", type=int, default=24, help="training clips of the world (10-60 s each)")
     parser.add_argument("--paper-held-out", type=int, default=3, help="held-out clips for the paper model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_learn"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training override added to every variant's (e.g. data.pose_norm=zscore)")
+    parser.add_argument("--study", action="store_true",
+                        help="only the collapse study: the reduced model at the (clips, steps) of STUDY, "
+                             "added to --out under reduced_collapse_study")
     parser.add_argument("--resample", metavar="SAMPLER:STEPS", default=None,
                         help="no training: score the last paper run (in --work) again with another sampler, "
                              "e.g. ddpm:50, added to --out under paper.other_samplers")
@@ -276,19 +324,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.resample:
         return resample(args)
+    if args.study:
+        return collapse_study(args, {"sampler": "ddim", "steps": 10})
     load_before = os.getloadavg()[0]
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",
                                         "null_corr": "|r| <= 0.2", "std_ratio": "0.5x-2x",
                                         "boundary_velocity_ratio": "<= 1.2"}}
     sample = {"sampler": "ddim", "steps": 10}
-    small_world = build_world(args.work / "world32", media_dir(), feature_dim=32, n_train=24, n_val=3,
+    small_world = build_world(args.work / "world32", media_dir(), feature_dim=32, n_train=args.train_clips, n_val=3,
                               n_held_out=3, seconds=(10.0, 60.0))
-    report["reduced"] = run_variant("reduced", small_world, args.work, REDUCED, args.reduced_steps,
+    report["reduced"] = run_variant("reduced", small_world, args.work, REDUCED + args.set, args.reduced_steps,
                                     None, sample, args.out.parent)
     if not args.skip_paper:
         world = paper_world(args)
-        report["paper"] = run_variant("paper", world, args.work, PAPER, 100_000, args.minutes * 60,
+        report["paper"] = run_variant("paper", world, args.work, PAPER + args.set, 100_000, args.minutes * 60,
                                       sample, args.out.parent)
         headline = report["paper"]
     else:

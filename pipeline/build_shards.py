@@ -181,7 +181,31 @@ def start_model_workers(cfg: DictConfig, sizes: PoolSizes) -> tuple[list, list]:
     return actors, [a.describe.remote() for a in actors]
 
 
-def start_pools(cfg: DictConfig, sizes: PoolSizes, model_actors: list, model_descriptions: list):
+def start_cpu_workers(cfg: DictConfig, sizes: PoolSizes) -> list:
+    """The CPU actors, not waited for (their first call waits)."""
+    import ray
+
+    from pipeline.workers import CpuWorker
+
+    plain = to_dict(cfg)
+    return [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
+            .remote(plain) for _ in range(sizes.cpu_workers)]
+
+
+def embed_on(cpu_actors: list, per_call: int):
+    """The identity pass's ``embed_many`` on the CPU actors: ``per_call`` videos a call, the calls
+    spread over the actors."""
+    import ray
+
+    def embed_many(sources: list[str]) -> list:
+        batches = [sources[i:i + per_call] for i in range(0, len(sources), per_call)]
+        refs = [cpu_actors[k % len(cpu_actors)].identity_embeddings.remote(batch) for k, batch in enumerate(batches)]
+        return [result for batch in ray.get(refs) for result in batch]
+
+    return embed_many
+
+
+def start_pools(cpu: list, model_actors: list, model_descriptions: list):
     """The CPU and model actor pools and a call that returns {stage: model description}.
 
     The CPU workers are waited for; the model workers (:func:`start_model_workers`) get work once up.
@@ -191,11 +215,7 @@ def start_pools(cfg: DictConfig, sizes: PoolSizes, model_actors: list, model_des
     import ray
 
     from pipeline.scheduler import ActorPool
-    from pipeline.workers import CpuWorker
 
-    plain = to_dict(cfg)
-    cpu = [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
-           .remote(plain) for _ in range(sizes.cpu_workers)]
     cpu_descriptions = ray.get([a.describe.remote() for a in cpu])
 
     def models() -> dict[str, dict[str, str]]:
@@ -232,14 +252,15 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
 
         sizes = PoolSizes(**this_run["cluster"]["pools"])
         model_actors, model_descriptions = start_model_workers(cfg, sizes)
+        cpu_actors = start_cpu_workers(cfg, sizes)
         try:
-            # Before any clip is written (the split needs every face), in the CPU workers' share
-            # of the machine while the model workers load.
+            # Before any clip is written (the split needs every face), on the CPU workers while
+            # the model workers load.
             identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
-                                         task_cpus=sizes.cpu_worker_cpus)
-            cpu, model, models = start_pools(cfg, sizes, model_actors, model_descriptions)
+                                         embed_on(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
+            cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions)
         except BaseException:
-            for actor in model_actors:
+            for actor in model_actors + cpu_actors:
                 ray.kill(actor)
             raise
         this_run["startup_s"] = time.monotonic() - started

@@ -6,8 +6,9 @@ face embeddings (frames spread over the video, the largest face of each, detecte
 stage detects), the new videos are grouped (``shards.identity.assign_groups``) against those
 grouped before, and the result is stored in ``OUT/identity/identity-NNNN.parquet``, one file per
 pass that found new videos. A re-run reads every file: videos keep their group however the input
-grows, so shards already written never disagree with later ones. On Ray the embeddings are
-computed in tasks of ``work.videos_per_chunk`` videos; otherwise in this process.
+grows, so shards already written never disagree with later ones. On Ray the CPU workers compute
+the embeddings, ``work.videos_per_chunk`` videos a call, with the detector and embedder their face
+stage has loaded anyway (``CpuWorker.identity_embeddings``); otherwise this process does.
 
 A video with a ``speaker`` is embedded too: unlabelled videos of the same face join its speaker's
 group. A video that cannot be read, or shows no face, keeps its own group (``video:<id>``).
@@ -15,13 +16,12 @@ group. A video that cannot be read, or shows no face, keeps its own group (``vid
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from configs import to_dict
 from models.face_detectors import make_detector
 from models.face_identity import BACKEND_MODELS, FaceEmbedder, identity_threshold
 from pipeline.decode import iter_video_chunks
@@ -64,14 +64,19 @@ def _embeddings(row: Mapping[str, Any]) -> np.ndarray:
     return values.reshape(int(row["n_faces"]), -1) if row["n_faces"] else np.zeros((0, 1), np.float32)
 
 
-class VideoEmbedder:
-    """Embeds the largest face on a few frames of a video (one set of models, many videos)."""
+# sources -> one (embeddings, error) per source, in order
+EmbedMany = Callable[[list[str]], list[tuple[np.ndarray, str | None]]]
 
-    def __init__(self, cfg: Mapping[str, Any]):
-        self.embedder: FaceEmbedder | None = embedder_for(cfg)
+
+class VideoEmbedder:
+    """Embeds the largest face on a few frames of a video (one set of models, many videos); given a
+    ``detector`` and ``embedder`` already loaded (a CPU worker's face stage), it reuses them."""
+
+    def __init__(self, cfg: Mapping[str, Any], detector=None, embedder: FaceEmbedder | None = None):
+        self.embedder: FaceEmbedder | None = embedder if embedder is not None else embedder_for(cfg)
         faces = cfg["faces"]
-        self.detector = make_detector(faces["backend"], weights_dir=cfg["weights"].get("dir"),
-                                      **dict(faces.get("detector_options") or {}))
+        self.detector = detector if detector is not None else make_detector(
+            faces["backend"], weights_dir=cfg["weights"].get("dir"), **dict(faces.get("detector_options") or {}))
         self.n_frames = int(cfg["identity"]["frames"])
         self.min_face = float(cfg["filters"]["faces"]["min_face_px"])
         self.max_side = int(cfg["decode"]["max_side"])
@@ -102,32 +107,11 @@ class VideoEmbedder:
         return [self(s) for s in sources]
 
 
-def _embed_all(cfg: Mapping[str, Any], sources: list[str],
-               task_cpus: float = 1.0) -> list[tuple[np.ndarray, str | None]]:
-    """Embeddings of every source: Ray tasks of ``work.videos_per_chunk`` videos, ``task_cpus``
-    each, when Ray is up."""
-    import ray
-
-    if not ray.is_initialized():
-        return VideoEmbedder(cfg).many(sources)
-    per_task = max(1, int(cfg["work"]["videos_per_chunk"]))
-
-    @ray.remote
-    def embed_batch(plain_cfg, batch):
-        import cv2
-
-        cv2.setNumThreads(1)
-        return VideoEmbedder(plain_cfg).many(batch)
-
-    plain = cfg if isinstance(cfg, dict) else to_dict(cfg)
-    refs = [embed_batch.options(num_cpus=task_cpus).remote(plain, sources[i:i + per_task]) for i in range(0, len(sources), per_task)]
-    return [result for batch in ray.get(refs) for result in batch]
-
-
 def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo],
-                    task_cpus: float = 1.0) -> dict[str, str]:
+                    embed_many: EmbedMany | None = None) -> dict[str, str]:
     """video id -> split group for ``videos`` (and every video grouped before), embedding and
-    grouping those not stored yet (Ray tasks of ``task_cpus``); {} when ``identity.backend`` is ``none``."""
+    grouping those not stored yet with ``embed_many`` (default: a ``VideoEmbedder`` in this
+    process); {} when ``identity.backend`` is ``none``."""
     if cfg["identity"]["backend"] in ("none", None):
         return {}
     stored = read_identities(out)
@@ -136,7 +120,10 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
     if not new:
         return groups
     log.info("identity pass: embedding faces of %d new videos", len(new))
-    results = _embed_all(cfg, [v.source for _, v in new], task_cpus)
+    sources = [v.source for _, v in new]
+    results = embed_many(sources) if embed_many is not None else VideoEmbedder(cfg).many(sources)
+    if len(results) != len(sources):
+        raise RuntimeError(f"identity pass: {len(results)} results for {len(sources)} videos")
     backend = BACKEND_MODELS[cfg["identity"]["backend"]]
     threshold = identity_threshold(cfg["identity"]["backend"], cfg["identity"].get("threshold"))
     known = {row["video_id"]: (row["group"], _embeddings(row)) for row in stored}

@@ -80,6 +80,19 @@ class CpuWorker(StageWorker):
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(("video", "prepare"), cfg)
+        self.cfg = cfg
+        self._video_embedder = None
+
+    def identity_embeddings(self, sources: list[str]) -> list:
+        """Face embeddings of whole videos for the identity pass (``pipeline.identity``), with the
+        face stage's detector and identity embedder."""
+        from pipeline.identity import VideoEmbedder
+
+        with self.recorder.call("identity"):
+            if self._video_embedder is None:
+                faces = next(stage for stage in self.groups["prepare"] if stage.name == "faces")
+                self._video_embedder = VideoEmbedder(self.cfg, faces.tracker.detector, faces.embedder)
+            return self._video_embedder.many(sources)
 
 
 class ModelWorker(StageWorker):

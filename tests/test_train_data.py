@@ -60,6 +60,21 @@ def test_normalizer_scales_expression_and_pose(dataset):
     np.testing.assert_allclose(norm.normalize_audio(feat).mean(0), 0, atol=1e-2)
 
 
+def test_pose_zscore_normalisation(dataset):
+    root, clips = dataset
+    stats = load_stats(root / "stats.json")
+    norm = Normalizer(stats, pose="zscore")
+    vec = np.concatenate([motion_to_vector(c["motion"]) for c in clips if c["meta"]["split"] == "train"])
+    z = norm.normalize(vec)
+    moving = vec[:, 63:].std(0) > 1e-4
+    np.testing.assert_allclose(z[:, 63:].mean(0)[moving], 0, atol=1e-3)
+    np.testing.assert_allclose(z[:, 63:].std(0)[moving], 1, rtol=1e-3)
+    np.testing.assert_allclose(z[:, :63], Normalizer(stats).normalize(vec)[:, :63])  # expression as before
+    np.testing.assert_allclose(norm.denormalize(z), vec, rtol=1e-5, atol=1e-5)
+    with pytest.raises(StatsError, match="pose normalisation"):
+        Normalizer(stats, pose="range")
+
+
 def test_missing_or_malformed_stats_are_clear_errors(tmp_path):
     with pytest.raises(StatsError, match="not found"):
         load_stats(tmp_path / "stats.json")

@@ -87,6 +87,11 @@ def build_model(model_config: dict[str, Any], weights: dict[str, torch.Tensor]) 
     return model
 
 
+def pose_norm(train_config: DictConfig) -> str:
+    """How the run normalised pose (``data.pose_norm``; checkpoints from before it: min-max)."""
+    return str(train_config.get("data", {}).get("pose_norm", "minmax"))
+
+
 def load_for_inference(path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
                        ) -> tuple[MotionDenoiser, Diffusion, dict[str, Any], DictConfig]:
     """(model in eval mode on ``device``, its Diffusion, the normalisation stats, the train config).
@@ -99,11 +104,11 @@ def load_for_inference(path: str | Path, use_ema: bool = True, device: str | tor
         model = build_model(state["model_config"], weights)
     except RuntimeError as exc:  # shape mismatches from load_state_dict
         raise CheckpointError(f"weights do not match model_config: {exc}") from exc
-    normalizer = Normalizer(state["stats"])
+    cfg = OmegaConf.create(state["train_config"])
+    normalizer = Normalizer(state["stats"], pose=pose_norm(cfg))
     if normalizer.audio_dim is not None and normalizer.audio_dim != model.cfg.audio_dim:
         raise CheckpointError(f"stats audio width {normalizer.audio_dim} != model audio_dim "
                               f"{model.cfg.audio_dim}")
-    cfg = OmegaConf.create(state["train_config"])
     diffusion_cfg = cfg.get("diffusion", {})
     diffusion = Diffusion(int(diffusion_cfg.get("steps", 50)), float(diffusion_cfg.get("cosine_s", 0.008)))
     return model.to(device).eval(), diffusion, state["stats"], cfg

@@ -1,8 +1,11 @@
 """Normalisation of the 70-dim motion vector and the audio features, from the pipeline's stats file.
 
-Expression dims (the first 63) are z-scored; pose dims (scale, t, pitch/yaw/roll) are min-max
-scaled to [-1, 1] (REFERENCE §3) by the statistics' range, which leaves out each clip's few most
-extreme frames (``shards.stats``), so a normalised pose may fall slightly outside [-1, 1]. Audio
+Expression dims (the first 63) are z-scored; pose dims (scale, t, pitch/yaw/roll) are, by default
+(``pose="minmax"``, JoyVASA's convention, REFERENCE §3), min-max scaled to [-1, 1] by the
+statistics' range, which leaves out each clip's few most extreme frames (``shards.stats``), so a
+normalised pose may fall slightly outside [-1, 1]. ``pose="zscore"`` z-scores them like the
+expression: min-max leaves pose a spread of a fraction of the diffusion noise's unit variance
+(about 0.3 on the synthetic world), which the denoiser resolves last (``bench/learn.py --study``). Audio
 features are z-scored when the stats carry them. The stats come from the training split only,
 are saved in every checkpoint and must be the same at inference.
 Works on numpy arrays and torch tensors alike (last axis = feature).
@@ -43,8 +46,13 @@ def load_stats(path: str | Path) -> dict[str, Any]:
     return stats
 
 
+POSE_NORMS = ("minmax", "zscore")
+
+
 class Normalizer:
-    def __init__(self, stats: dict[str, Any]):
+    def __init__(self, stats: dict[str, Any], pose: str = "minmax"):
+        if pose not in POSE_NORMS:
+            raise StatsError(f"pose normalisation must be one of {POSE_NORMS}, got {pose!r}")
         vector = stats.get("vector")
         if not isinstance(vector, dict) or any(k not in vector for k in ("mean", "std", "min", "max")):
             raise StatsError("stats must hold vector.mean/std/min/max")
@@ -57,9 +65,14 @@ class Normalizer:
         self.scale = np.ones(VECTOR_DIM, np.float32)
         self.shift[EXP_DIMS] = arrays["mean"][EXP_DIMS]
         self.scale[EXP_DIMS] = np.maximum(arrays["std"][EXP_DIMS], STD_FLOOR)
-        self.shift[POSE_DIMS] = (arrays["max"][POSE_DIMS] + arrays["min"][POSE_DIMS]) / 2
-        self.scale[POSE_DIMS] = np.maximum((arrays["max"][POSE_DIMS] - arrays["min"][POSE_DIMS]) / 2,
-                                           RANGE_FLOOR)
+        self.pose = pose
+        if pose == "zscore":
+            self.shift[POSE_DIMS] = arrays["mean"][POSE_DIMS]
+            self.scale[POSE_DIMS] = np.maximum(arrays["std"][POSE_DIMS], STD_FLOOR)
+        else:
+            self.shift[POSE_DIMS] = (arrays["max"][POSE_DIMS] + arrays["min"][POSE_DIMS]) / 2
+            self.scale[POSE_DIMS] = np.maximum((arrays["max"][POSE_DIMS] - arrays["min"][POSE_DIMS]) / 2,
+                                               RANGE_FLOOR)
         audio = stats.get("audio_feat")
         self.audio_dim: int | None = None
         if audio:

@@ -42,7 +42,7 @@ from ema_pytorch import EMA
 from omegaconf import DictConfig, OmegaConf
 
 from configs import load_config, save_config, to_dict
-from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
+from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, pose_norm, save_checkpoint
 from training.data import (DataInputs, DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
                            dataset_multipliers, find_inputs, first_clip, make_loader, resolve_audio_dim,
                            to_model_inputs, validation_batches)
@@ -198,7 +198,7 @@ def load_run_inputs(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: 
         if state["stats"] != stats:
             log.warning("stats file changed since the checkpoint; continuing with the checkpoint's stats")
         stats = state["stats"]
-    normalizer = Normalizer(stats)
+    normalizer = Normalizer(stats, pose=str(cfg.data.get("pose_norm", "minmax")))
     cfg.model.audio_dim = resolve_audio_dim(cfg.model.audio_dim, normalizer.audio_dim)
     model_cfg = ModelConfig.from_dict(to_dict(cfg.model))
     first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim,
@@ -453,6 +453,10 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
     if saved.get("diffusion") != to_dict(cfg.diffusion):
         raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
                               f"checkpoint's {saved.get('diffusion')}")
+    saved_pose = pose_norm(OmegaConf.create(saved))
+    if saved_pose != cfg.data.get("pose_norm", "minmax"):
+        raise CheckpointError(f"data.pose_norm {cfg.data.get('pose_norm')} differs from the checkpoint's "
+                              f"{saved_pose}")
 
 
 # ----------------------------------------------------------------------------- Ray Train

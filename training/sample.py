@@ -33,7 +33,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from shards.format import FPS, SAMPLE_RATE
 from shards.vector import POSE_DIMS, VECTOR_DIM
-from training.checkpoint import CheckpointError, load_for_inference
+from training.checkpoint import CheckpointError, load_for_inference, pose_norm
 from training.diffusion import SAMPLERS, Diffusion, generate
 from training.model import MotionDenoiser
 from training.normalize import Normalizer, StatsError
@@ -184,7 +184,7 @@ def load_generator(checkpoint: str | Path, use_ema: bool = True,
     """Load a checkpoint for sampling; a file that is not a matching checkpoint is BadInputError."""
     try:
         model, diffusion, stats, cfg = load_for_inference(checkpoint, use_ema=use_ema, device=device)
-        normalizer = Normalizer(stats)
+        normalizer = Normalizer(stats, pose=pose_norm(cfg))
     except (CheckpointError, StatsError) as exc:
         raise BadInputError(f"checkpoint {checkpoint}: {exc}") from exc
     except Exception as exc:  # unpickling errors, truncated files
