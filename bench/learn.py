@@ -157,6 +157,11 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
                            for name, idx in groups.items()}
     result["std_ratio_in_0.5_2"] = round(float(np.mean((ratio >= 0.5) & (ratio <= 2.0))), 3)
     result["std_ratio_per_dim"] = [round(float(r), 3) for r in ratio]
+    # Does guidance decide how far the pose moves? Its median ratio per scale, 0 the null prediction.
+    result["pose_std_ratio_by_cfg_scale"] = {
+        str(scale): round(float(np.median((np.mean([g.std(0) for g in motions], axis=0)
+                                           / np.maximum(truth_std, 1e-8))[POSE_DIMS])), 3)
+        for scale, motions in {0.0: null, **by_scale}.items()}
 
     other_seed = generate_all(generator, clips, sample, DEFAULT_CFG_SCALE, seed=1)
     pose_a = np.concatenate([g[:, ANGLE_DIMS] for g in default])
@@ -288,6 +293,7 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:
                      "steps": r["steps"], "train_s": r["train_s"], "mouth_corr": r["mouth_corr"],
                      "null_corr": r["null_corr"], "std_ratio": r["std_ratio"],
                      "std_ratio_in_0.5_2": r["std_ratio_in_0.5_2"],
+                     "pose_std_ratio_by_cfg_scale": r["pose_std_ratio_by_cfg_scale"],
                      "pose_across_seeds_deg": r["pose_across_seeds"]["mean_abs_diff_deg"],
                      "boundary_velocity_ratio": r["boundary_velocity_ratio"],
                      "last_train_loss": train[-1][1], "last_val_loss": val[-1][1]})
