@@ -169,7 +169,7 @@ def cluster_info(cfg: DictConfig) -> dict[str, Any]:
 
 def start_model_workers(cfg: DictConfig, sizes: PoolSizes) -> tuple[list, list]:
     """The model actors and their ``describe`` calls, not waited for: they load their models (a
-    large model takes a minute) while the identity pass and the CPU workers already run."""
+    large model takes a minute) while the CPU workers start and run the identity pass."""
     import ray
 
     from pipeline.workers import ModelWorker
@@ -190,19 +190,6 @@ def start_cpu_workers(cfg: DictConfig, sizes: PoolSizes) -> list:
     plain = to_dict(cfg)
     return [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
             .remote(plain) for _ in range(sizes.cpu_workers)]
-
-
-def embed_on(cpu_actors: list, per_call: int):
-    """The identity pass's ``embed_many`` on the CPU actors: ``per_call`` videos a call, the calls
-    spread over the actors."""
-    import ray
-
-    def embed_many(sources: list[str]) -> list:
-        batches = [sources[i:i + per_call] for i in range(0, len(sources), per_call)]
-        refs = [cpu_actors[k % len(cpu_actors)].identity_embeddings.remote(batch) for k, batch in enumerate(batches)]
-        return [result for batch in ray.get(refs) for result in batch]
-
-    return embed_many
 
 
 def start_pools(cpu: list, model_actors: list, model_descriptions: list):
@@ -248,7 +235,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
     this_run: dict[str, Any] = {}
     try:
         this_run["cluster"] = cluster_info(cfg)
-        from pipeline.identity import identity_groups
+        from pipeline.identity import embed_on_workers, identity_groups
 
         sizes = PoolSizes(**this_run["cluster"]["pools"])
         model_actors, model_descriptions = start_model_workers(cfg, sizes)
@@ -257,7 +244,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
             # Before any clip is written (the split needs every face), on the CPU workers while
             # the model workers load.
             identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
-                                         embed_on(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
+                                         embed_on_workers(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
             cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions)
         except BaseException:
             for actor in model_actors + cpu_actors:

@@ -107,6 +107,32 @@ class VideoEmbedder:
         return [self(s) for s in sources]
 
 
+def embed_on_workers(workers: Sequence[Any], per_call: int) -> EmbedMany:
+    """``embed_many`` on CPU worker actors: ``per_call`` videos a call, the calls spread over the
+    workers. A call whose worker died is tried once more (the actor restarts); if that fails too,
+    its videos are recorded as not embedded and keep their own groups, as unreadable ones do."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    def embed_many(sources: list[str]) -> list[tuple[np.ndarray, str | None]]:
+        batches = [sources[i:i + per_call] for i in range(0, len(sources), per_call)]
+        calls = [(workers[k % len(workers)], batch) for k, batch in enumerate(batches)]
+        refs = [worker.identity_embeddings.remote(batch) for worker, batch in calls]
+        results: list[tuple[np.ndarray, str | None]] = []
+        for (worker, batch), ref in zip(calls, refs):
+            try:
+                results += ray.get(ref)
+            except RayActorError:
+                try:
+                    results += ray.get(worker.identity_embeddings.remote(batch))
+                except RayActorError as exc:
+                    log.warning("identity pass: a worker died twice on %d videos; they keep their own groups", len(batch))
+                    results += [(np.zeros((0, 1), np.float32), f"worker died: {type(exc).__name__}")] * len(batch)
+        return results
+
+    return embed_many
+
+
 def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo],
                     embed_many: EmbedMany | None = None) -> dict[str, str]:
     """video id -> split group for ``videos`` (and every video grouped before), embedding and

@@ -277,3 +277,35 @@ def test_the_scheduler_reports_how_busy_each_actor_was(ray_session, caplog):  # 
     assert report["work_cpu_s"] == pytest.approx(model_pool["cpu_s"] + cpu_pool["cpu_s"], abs=2e-3)
     assert report["wall_over_work_per_core"] == pytest.approx(
         report["wall_s"] / (report["work_cpu_s"] / 2.0), abs=2e-3)
+
+
+class DyingEmbedder:
+    """Identity calls for the pass on workers: ``die_once_*`` sources kill the process the first
+    time (a marker file remembers), ``die_always_*`` ones every time; others get one embedding."""
+
+    def __init__(self, marker_dir: str):
+        self.marker_dir = marker_dir
+
+    def identity_embeddings(self, sources: list[str]) -> list:
+        import numpy as np
+
+        for source in sources:
+            marker = os.path.join(self.marker_dir, os.path.basename(source))
+            if "die_always" in source or ("die_once" in source and not os.path.exists(marker)):
+                open(marker, "w").close()
+                os._exit(1)
+        return [(np.ones((1, 4), np.float32), None) for _ in sources]
+
+
+def test_identity_pass_on_workers_retries_a_dead_worker_once(ray_session, tmp_path):  # noqa: F811
+    from pipeline.identity import embed_on_workers
+
+    workers = [ray.remote(DyingEmbedder).options(max_restarts=-1, max_task_retries=0, num_cpus=0).remote(str(tmp_path))
+               for _ in range(2)]
+    embed = embed_on_workers(workers, per_call=1)
+    results = embed(["a.mp4", "die_once_b.mp4", "die_always_c.mp4", "d.mp4"])
+    assert [len(emb) for emb, _ in results] == [1, 1, 0, 1]
+    assert [error for _, error in results[:2]] == [None, None]
+    assert results[2][1].startswith("worker died")
+    for worker in workers:
+        ray.kill(worker)
