@@ -269,10 +269,13 @@ def resample(args: argparse.Namespace) -> int:
 
 
 # (training clips, steps, extra overrides) of the collapse study: the same reduced model on a world
-# 4x larger, for 4x and 16x the steps, with pose z-scored, and without the velocity and smoothness
-# losses (does the audio-independent motion come back with data, training, scaling or losses?)
+# 4x larger, for 4x and 16x the steps, with pose z-scored, without the velocity and smoothness
+# losses, without dropout, at a lower learning rate and with more first windows (does the
+# audio-independent motion come back with data, training, scaling, losses or regularisation?)
 STUDY = ((24, 400, ()), (24, 1600, ()), (96, 1600, ()), (96, 6400, ()),
-         (96, 1600, ("data.pose_norm=zscore",)), (96, 1600, ("loss.velocity=0", "loss.smooth=0")))
+         (96, 1600, ("data.pose_norm=zscore",)), (96, 1600, ("loss.velocity=0", "loss.smooth=0")),
+         (96, 1600, ("model.dropout=0",)), (96, 1600, ("optim.lr=5e-4",)),
+         (96, 1600, ("data.first_window_prob=0.5",)))
 
 
 def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:

@@ -21,9 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 import cv2
+import numpy as np
 
 from models.dlib_models import FACE_DESCRIPTOR, SHAPE_5, packaged_model
 from models.face_landmarks import DlibLandmarks, check_box
