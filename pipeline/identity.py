@@ -16,6 +16,7 @@ group. A video that cannot be read, or shows no face, keeps its own group (``vid
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -107,28 +108,56 @@ class VideoEmbedder:
         return [self(s) for s in sources]
 
 
-def embed_on_workers(workers: Sequence[Any], per_call: int) -> EmbedMany:
-    """``embed_many`` on CPU worker actors: ``per_call`` videos a call, the calls spread over the
-    workers. A call whose worker died is tried once more (the actor restarts); if that fails too,
+NO_EMBEDDING = np.zeros((0, 1), np.float32)
+
+
+def embed_on_workers(workers: Sequence[Any], per_call: int, ready_timeout_s: float = 120.0) -> EmbedMany:
+    """``embed_many`` on CPU worker actors: ``per_call`` videos a call, one call in flight per
+    worker (a worker that dies takes no other batch's reply with it). A batch whose worker died is
+    tried once more on the next free worker, once the dead one has restarted; if it fails again,
     its videos are recorded as not embedded and keep their own groups, as unreadable ones do."""
     import ray
     from ray.exceptions import RayActorError
 
+    def ready(worker) -> bool:
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(worker.__ray_ready__.remote())
+                return True
+            except RayActorError:
+                time.sleep(0.5)
+        return False
+
     def embed_many(sources: list[str]) -> list[tuple[np.ndarray, str | None]]:
         batches = [sources[i:i + per_call] for i in range(0, len(sources), per_call)]
-        calls = [(workers[k % len(workers)], batch) for k, batch in enumerate(batches)]
-        refs = [worker.identity_embeddings.remote(batch) for worker, batch in calls]
-        results: list[tuple[np.ndarray, str | None]] = []
-        for (worker, batch), ref in zip(calls, refs):
+        results: list[list | None] = [None] * len(batches)
+        tries = [0] * len(batches)
+        waiting, free, in_flight = list(range(len(batches))), list(workers), {}
+        while waiting or in_flight:
+            while free and waiting:
+                worker, i = free.pop(0), waiting.pop(0)
+                tries[i] += 1
+                in_flight[worker.identity_embeddings.remote(batches[i])] = (worker, i)
+            if not in_flight:  # every worker is gone: the rest cannot be embedded
+                for i in waiting:
+                    results[i] = [(NO_EMBEDDING, "no worker left")] * len(batches[i])
+                break
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            worker, i = in_flight.pop(ref)
             try:
-                results += ray.get(ref)
-            except RayActorError:
-                try:
-                    results += ray.get(worker.identity_embeddings.remote(batch))
-                except RayActorError as exc:
-                    log.warning("identity pass: a worker died twice on %d videos; they keep their own groups", len(batch))
-                    results += [(np.zeros((0, 1), np.float32), f"worker died: {type(exc).__name__}")] * len(batch)
-        return results
+                results[i] = ray.get(ref)
+                free.append(worker)
+            except RayActorError as exc:
+                if tries[i] < 2:
+                    waiting.insert(0, i)
+                else:
+                    log.warning("identity pass: a worker died twice on %d videos; they keep their own groups",
+                                len(batches[i]))
+                    results[i] = [(NO_EMBEDDING, f"worker died: {type(exc).__name__}")] * len(batches[i])
+                if ready(worker):
+                    free.append(worker)
+        return [result for batch in results for result in batch]
 
     return embed_many
 
