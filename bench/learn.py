@@ -292,7 +292,8 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:
                         None, sample, None)
         val = r["loss_curves"].get("val/loss_ema") or r["loss_curves"].get("val/loss") or [[None, None]]
         train = r["loss_curves"].get("train/loss") or [[None, None]]
-        rows.append({"train_clips": clips, "extra_overrides": list(extra), "train_minutes": round(sum(len(c.mouth) for c in world.train) / 25 / 60, 1),
+        minutes = sum(len(c.mouth) for c in world.train) / 25 / 60
+        rows.append({"train_clips": clips, "extra_overrides": list(extra), "train_minutes": round(minutes, 1),
                      "steps": r["steps"], "train_s": r["train_s"], "mouth_corr": r["mouth_corr"],
                      "null_corr": r["null_corr"], "std_ratio": r["std_ratio"],
                      "std_ratio_in_0.5_2": r["std_ratio_in_0.5_2"],

@@ -48,6 +48,9 @@ IDENTITY_SCHEMA = pa.schema([
 ])
 
 
+NO_EMBEDDING = np.zeros((0, 1), np.float32)  # a video with no face embedded
+
+
 def identity_name(number: int) -> str:
     return f"{IDENTITY_DIR}/identity-{number:04d}.parquet"
 
@@ -62,7 +65,7 @@ def read_identities(out: OutputDir) -> list[dict[str, Any]]:
 
 def _embeddings(row: Mapping[str, Any]) -> np.ndarray:
     values = np.asarray(row["embeddings"] or [], np.float32)
-    return values.reshape(int(row["n_faces"]), -1) if row["n_faces"] else np.zeros((0, 1), np.float32)
+    return values.reshape(int(row["n_faces"]), -1) if row["n_faces"] else NO_EMBEDDING
 
 
 # sources -> one (embeddings, error) per source, in order
@@ -99,16 +102,13 @@ class VideoEmbedder:
                 if len(dets) and sides.max() >= self.min_face:
                     found.append(self.embedder.embed(frame, dets[int(np.argmax(sides)), :4]))
         except Exception as exc:  # noqa: BLE001 - an unreadable video keeps its own group
-            return np.zeros((0, 1), np.float32), f"{type(exc).__name__}: {exc}"
+            return NO_EMBEDDING, f"{type(exc).__name__}: {exc}"
         if not found:
-            return np.zeros((0, 1), np.float32), "no face"
+            return NO_EMBEDDING, "no face"
         return np.stack(found), None
 
     def many(self, sources: Sequence[str]) -> list[tuple[np.ndarray, str | None]]:
         return [self(s) for s in sources]
-
-
-NO_EMBEDDING = np.zeros((0, 1), np.float32)
 
 
 def embed_on_workers(workers: Sequence[Any], per_call: int, ready_timeout_s: float = 120.0) -> EmbedMany:

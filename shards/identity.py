@@ -2,8 +2,8 @@
 
 Every video carries a few face embeddings (one per sampled frame). Two videos are linked when any
 of their embeddings are closer than the identity threshold (Euclidean; 0.6 for dlib's descriptor,
-1.1 for ArcFace), and a group is a connected component of that graph: over-merging (a chain of look-alikes) only
-makes the split coarser, while a missed link would put one person in both splits.
+1.1 for ArcFace), and a group is a connected component of that graph: over-merging (a chain of
+look-alikes) only makes the split coarser, while a missed link would put one person in both splits.
 
 Groups are assigned once and kept: a grown input never moves a video that already has a group.
 New videos are linked among themselves; a component of new videos that reaches a video with a

@@ -4,9 +4,8 @@ Expression dims (the first 63) are z-scored; pose dims (scale, t, pitch/yaw/roll
 (``pose="minmax"``, JoyVASA's convention, REFERENCE §3), min-max scaled to [-1, 1] by the
 statistics' range, which leaves out each clip's few most extreme frames (``shards.stats``), so a
 normalised pose may fall slightly outside [-1, 1]. ``pose="zscore"`` z-scores them like the
-expression: min-max leaves pose a spread of a fraction of the diffusion noise's unit variance
-(about 0.3 on the synthetic world), which the denoiser resolves last (``bench/learn.py --study``). Audio
-features are z-scored when the stats carry them. The stats come from the training split only,
+expression, so pose moves on the same scale as the diffusion noise (on the synthetic world it
+changed the generated pose's spread little: ``bench/learn.py --study``). Audio features are z-scored when the stats carry them. The stats come from the training split only,
 are saved in every checkpoint and must be the same at inference.
 Works on numpy arrays and torch tensors alike (last axis = feature).
 """
@@ -65,7 +64,6 @@ class Normalizer:
         self.scale = np.ones(VECTOR_DIM, np.float32)
         self.shift[EXP_DIMS] = arrays["mean"][EXP_DIMS]
         self.scale[EXP_DIMS] = np.maximum(arrays["std"][EXP_DIMS], STD_FLOOR)
-        self.pose = pose
         if pose == "zscore":
             self.shift[POSE_DIMS] = arrays["mean"][POSE_DIMS]
             self.scale[POSE_DIMS] = np.maximum(arrays["std"][POSE_DIMS], STD_FLOOR)

@@ -198,7 +198,7 @@ def load_run_inputs(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: 
         if state["stats"] != stats:
             log.warning("stats file changed since the checkpoint; continuing with the checkpoint's stats")
         stats = state["stats"]
-    normalizer = Normalizer(stats, pose=str(cfg.data.get("pose_norm", "minmax")))
+    normalizer = Normalizer(stats, pose=pose_norm(cfg))
     cfg.model.audio_dim = resolve_audio_dim(cfg.model.audio_dim, normalizer.audio_dim)
     model_cfg = ModelConfig.from_dict(to_dict(cfg.model))
     first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim,
@@ -453,10 +453,9 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
     if saved.get("diffusion") != to_dict(cfg.diffusion):
         raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
                               f"checkpoint's {saved.get('diffusion')}")
-    saved_pose = pose_norm(OmegaConf.create(saved))
-    if saved_pose != cfg.data.get("pose_norm", "minmax"):
-        raise CheckpointError(f"data.pose_norm {cfg.data.get('pose_norm')} differs from the checkpoint's "
-                              f"{saved_pose}")
+    if pose_norm(OmegaConf.create(saved)) != pose_norm(cfg):
+        raise CheckpointError(f"data.pose_norm {pose_norm(cfg)} differs from the checkpoint's "
+                              f"{pose_norm(OmegaConf.create(saved))}")
 
 
 # ----------------------------------------------------------------------------- Ray Train
