@@ -3,6 +3,7 @@
     .venv/bin/python bench/learn.py [--minutes 18] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
     .venv/bin/python bench/learn.py --resample ddpm:50   # the last paper run, another sampler
     .venv/bin/python bench/learn.py --study              # the reduced model: world size x steps
+    .venv/bin/python bench/learn.py --pose-study         # pose normalisation x pose loss term
 
 Builds the world of ``tests/synthetic_world.py`` (real speech, known mouth mapping), trains with the
 real ``training.run`` code path (the small model the test suite trains, then, unless
@@ -278,18 +279,33 @@ STUDY = ((24, 400, ()), (24, 1600, ()), (96, 1600, ()), (96, 6400, ()),
          (96, 1600, ("data.first_window_prob=0.5",)))
 
 
-def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:
-    """The reduced model over ``STUDY``; the compact figures of each go to --out under
-    ``reduced_collapse_study`` (its other keys are kept)."""
+# (training clips, steps, extra overrides) of the pose study: the paper's loss and JoyVASA's min-max
+# pose against pose z-scored with the pose loss term (the defaults), and at twice the reduced width
+POSE_STUDY = ((96, 1600, ("data.pose_norm=minmax", "loss.pose=0")),
+              (96, 1600, ("data.pose_norm=zscore", "loss.pose=0")),
+              (96, 1600, ("data.pose_norm=minmax", "loss.pose=10")),
+              (96, 1600, ("data.pose_norm=zscore", "loss.pose=1")),
+              (96, 1600, ("data.pose_norm=minmax", "loss.pose=0", "model.width=128")),
+              (96, 1600, ("data.pose_norm=zscore", "loss.pose=1", "model.width=128")))
+
+
+# STUDY ran before pose was z-scored and weighted by default: its rows keep those settings
+BEFORE_POSE_BALANCE = ("data.pose_norm=minmax", "loss.pose=0")
+
+
+def collapse_study(args: argparse.Namespace, sample: dict[str, Any], table: tuple = STUDY,
+                   key: str = "reduced_collapse_study", base: tuple = BEFORE_POSE_BALANCE) -> int:
+    """The reduced model over ``table``; the compact figures of each go to --out under ``key``
+    (its other keys are kept)."""
     rows = []
     worlds: dict[int, World] = {}
-    for clips, steps, extra in STUDY:
+    for index, (clips, steps, extra) in enumerate(table):
         if clips not in worlds:
             worlds[clips] = build_world(args.work / f"world32_{clips}", media_dir(), feature_dim=32,
                                         n_train=clips, n_val=3, n_held_out=3, seconds=(10.0, 60.0))
         world = worlds[clips]
-        r = run_variant(f"study_{clips}_{steps}", world, args.work, REDUCED + args.set + list(extra), steps,
-                        None, sample, None)
+        overrides = REDUCED + list(base) + args.set + list(extra)
+        r = run_variant(f"study_{index}_{clips}_{steps}", world, args.work, overrides, steps, None, sample, None)
         val = r["loss_curves"].get("val/loss_ema") or r["loss_curves"].get("val/loss") or [[None, None]]
         train = r["loss_curves"].get("train/loss") or [[None, None]]
         minutes = sum(len(c.mouth) for c in world.train) / 25 / 60
@@ -303,8 +319,8 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any]) -> int:
                      "last_train_loss": train[-1][1], "last_val_loss": val[-1][1]})
         print(json.dumps(rows[-1]), flush=True)
     report = json.loads(args.out.read_text()) if args.out.exists() else {"bench": "learn"}
-    report["reduced_collapse_study"] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampler": sample,
-                                        "overrides": REDUCED + args.set, "rows": rows}
+    report[key] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampler": sample,
+                                        "overrides": REDUCED + list(base) + args.set, "rows": rows}
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)
@@ -326,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", action="store_true",
                         help="only the collapse study: the reduced model at the (clips, steps) of STUDY, "
                              "added to --out under reduced_collapse_study")
+    parser.add_argument("--pose-study", action="store_true",
+                        help="only the pose study: min-max pose and the paper's loss against z-scored pose "
+                             "with the pose loss term (POSE_STUDY), added to --out under pose_balance_study")
     parser.add_argument("--resample", metavar="SAMPLER:STEPS", default=None,
                         help="no training: score the last paper run (in --work) again with another sampler, "
                              "e.g. ddpm:50, added to --out under paper.other_samplers")
@@ -336,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         return resample(args)
     if args.study:
         return collapse_study(args, {"sampler": "ddim", "steps": 10})
+    if args.pose_study:
+        return collapse_study(args, {"sampler": "ddim", "steps": 10}, POSE_STUDY, "pose_balance_study", ())
     load_before = os.getloadavg()[0]
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",

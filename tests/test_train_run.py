@@ -82,7 +82,7 @@ def test_resume_continues_exactly_like_a_straight_run(shards, tmp_path):
         run(shards, tmp_path / "split", "train.max_steps=30", "model.layers=3", resume=True)
     # ... or another pose normalisation (the checkpoint's stats would be read another way)
     with pytest.raises(CheckpointError, match="pose_norm"):
-        run(shards, tmp_path / "split", "train.max_steps=30", "data.pose_norm=zscore", resume=True)
+        run(shards, tmp_path / "split", "train.max_steps=30", "data.pose_norm=minmax", resume=True)
 
 
 def test_a_corrupt_shard_is_skipped_and_counted_during_training(shards, tmp_path):

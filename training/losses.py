@@ -1,11 +1,18 @@
 """The training losses of paper §3.3.2, each computed once and masked per frame.
 
-``total = simple + w_vel * velocity + w_smooth * smooth + w_exp * expression`` (eq. 8), where
+``total = simple + w_vel * velocity + w_smooth * smooth + w_exp * expression + w_pose * pose``
+(eq. 8 and one term of ours), where
 
 * simple: squared error of the predicted clean motion (eq. 4);
 * velocity: squared error of the frame-to-frame differences (eq. 5);
 * smooth: squared second difference (acceleration) of the prediction alone (eq. 6);
-* expression: squared error on the 63 expression dims only (eq. 7), extra weight on lips and face.
+* expression: squared error on the 63 expression dims only (eq. 7), extra weight on lips and face;
+* pose: squared error on the 7 pose dims (scale, translation, angles) only. Without it (``w_pose``
+  0, the paper's loss) the 63 expression dims outweigh the 7 pose dims in every shared layer: on
+  the synthetic world of ``bench/learn.py`` the trained model then ignores its pose inputs (their
+  share of a token's embedding shrinks to about 1 %), cannot even copy the previous window's pose,
+  and generates head motion at 0.2-0.4x the world's. With pose z-scored and ``w_pose`` 1 the pose
+  dims weigh about 7x an expression dim, and head motion comes back (``pose_balance_study``).
 
 Frames outside the mask (the previous part of a first window, frames past a truncation) carry no
 target; a difference term counts only where every frame it touches is valid. Each term is the mean
@@ -18,7 +25,7 @@ from typing import Any
 
 import torch
 
-from shards.vector import EXP_DIMS
+from shards.vector import EXP_DIMS, POSE_DIMS
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class LossWeights:
     velocity: float = 1.0
     smooth: float = 0.1
     expression: float = 1.0
+    pose: float = 1.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "LossWeights":
@@ -55,7 +63,8 @@ def motion_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
         "velocity": masked_mean((pred_vel - target_vel) ** 2, vel_mask),
         "smooth": masked_mean(pred_acc ** 2, acc_mask),
         "expression": masked_mean((pred[..., EXP_DIMS] - target[..., EXP_DIMS]) ** 2, mask),
+        "pose": masked_mean((pred[..., POSE_DIMS] - target[..., POSE_DIMS]) ** 2, mask),
     }
     total = (weights.simple * parts["simple"] + weights.velocity * parts["velocity"]
-             + weights.smooth * parts["smooth"] + weights.expression * parts["expression"])
+             + weights.smooth * parts["smooth"] + weights.expression * parts["expression"] + weights.pose * parts["pose"])
     return total, parts

@@ -455,7 +455,8 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
                               f"checkpoint's {saved.get('diffusion')}")
     if pose_norm(OmegaConf.create(saved)) != pose_norm(cfg):
         raise CheckpointError(f"data.pose_norm {pose_norm(cfg)} differs from the checkpoint's "
-                              f"{pose_norm(OmegaConf.create(saved))}")
+                              f"{pose_norm(OmegaConf.create(saved))}: resume with "
+                              f"data.pose_norm={pose_norm(OmegaConf.create(saved))}")
 
 
 # ----------------------------------------------------------------------------- Ray Train
