@@ -305,7 +305,8 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any], table: tupl
                                         n_train=clips, n_val=3, n_held_out=3, seconds=(10.0, 60.0))
         world = worlds[clips]
         overrides = REDUCED + list(base) + args.set + list(extra)
-        r = run_variant(f"study_{index}_{clips}_{steps}", world, args.work, overrides, steps, None, sample, None)
+        r = run_variant(f"study_{index}_{clips}_{steps}", world, args.work, overrides, steps,
+                        None, sample, None)
         val = r["loss_curves"].get("val/loss_ema") or r["loss_curves"].get("val/loss") or [[None, None]]
         train = r["loss_curves"].get("train/loss") or [[None, None]]
         minutes = sum(len(c.mouth) for c in world.train) / 25 / 60
@@ -320,7 +321,7 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any], table: tupl
         print(json.dumps(rows[-1]), flush=True)
     report = json.loads(args.out.read_text()) if args.out.exists() else {"bench": "learn"}
     report[key] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "sampler": sample,
-                                        "overrides": REDUCED + list(base) + args.set, "rows": rows}
+                   "overrides": REDUCED + list(base) + args.set, "rows": rows}
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.study:
         return collapse_study(args, {"sampler": "ddim", "steps": 10})
     if args.pose_study:
-        return collapse_study(args, {"sampler": "ddim", "steps": 10}, POSE_STUDY, "pose_balance_study", ())
+        return collapse_study(args, {"sampler": "ddim", "steps": 10}, POSE_STUDY,
+                              "pose_balance_study", base=())
     load_before = os.getloadavg()[0]
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",

@@ -20,7 +20,8 @@ def test_terms_match_hand_computation_on_valid_frames():
     total, parts = motion_losses(pred_pose, target, mask, LossWeights(pose=2.0))
     assert parts["expression"] == 0 and parts["simple"] > 0
     assert torch.isclose(parts["pose"], torch.tensor(4 / (4 * 7)))  # the mean over the 7 pose dims
-    assert torch.isclose(total, parts["simple"] + parts["velocity"] + 0.1 * parts["smooth"] + 2.0 * parts["pose"])
+    assert torch.isclose(total, parts["simple"] + parts["velocity"] + 0.1 * parts["smooth"]
+                         + 2.0 * parts["pose"])
 
 
 def test_masked_frames_do_not_count_and_weights_scale_terms():

@@ -12,7 +12,7 @@
   the synthetic world of ``bench/learn.py`` the trained model then ignores its pose inputs (their
   share of a token's embedding shrinks to about 1 %), cannot even copy the previous window's pose,
   and generates head motion at 0.2-0.4x the world's. With pose z-scored and ``w_pose`` 1 the pose
-  dims weigh about 7x an expression dim, and head motion comes back (``pose_balance_study``).
+  dims weigh about 5x an expression dim, and head motion comes back (``pose_balance_study``).
 
 Frames outside the mask (the previous part of a first window, frames past a truncation) carry no
 target; a difference term counts only where every frame it touches is valid. Each term is the mean
@@ -66,5 +66,6 @@ def motion_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
         "pose": masked_mean((pred[..., POSE_DIMS] - target[..., POSE_DIMS]) ** 2, mask),
     }
     total = (weights.simple * parts["simple"] + weights.velocity * parts["velocity"]
-             + weights.smooth * parts["smooth"] + weights.expression * parts["expression"] + weights.pose * parts["pose"])
+             + weights.smooth * parts["smooth"] + weights.expression * parts["expression"]
+             + weights.pose * parts["pose"])
     return total, parts

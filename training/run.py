@@ -453,10 +453,10 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
     if saved.get("diffusion") != to_dict(cfg.diffusion):
         raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
                               f"checkpoint's {saved.get('diffusion')}")
-    if pose_norm(OmegaConf.create(saved)) != pose_norm(cfg):
+    saved_pose_norm = pose_norm(OmegaConf.create(saved))
+    if saved_pose_norm != pose_norm(cfg):
         raise CheckpointError(f"data.pose_norm {pose_norm(cfg)} differs from the checkpoint's "
-                              f"{pose_norm(OmegaConf.create(saved))}: resume with "
-                              f"data.pose_norm={pose_norm(OmegaConf.create(saved))}")
+                              f"{saved_pose_norm}: resume with data.pose_norm={saved_pose_norm}")
 
 
 # ----------------------------------------------------------------------------- Ray Train
