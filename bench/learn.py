@@ -187,6 +187,15 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
     return result
 
 
+def cpu_name() -> dict[str, Any]:
+    """The CPU the run trained on, and whether training ran bf16 autocast there (the default on AMX)."""
+    from training.run import cpu_has_amx
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    return {"model": model, "amx": cpu_has_amx()}
+
+
 # ----------------------------------------------------------------------------- plots and the command
 
 def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: str) -> list[str]:
@@ -360,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return collapse_study(args, {"sampler": "ddim", "steps": 10}, POSE_STUDY,
                               "pose_balance_study", base=())
     load_before = os.getloadavg()[0]
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",
                                         "null_corr": "|r| <= 0.2", "std_ratio": "0.5x-2x",
@@ -379,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("mouth_corr", "null_corr", "boundary_velocity_ratio"):
         report[key] = headline[key]
     report["load_avg_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    report["cpu"] = cpu_name()
+    report.update({k: v for k, v in earlier.items() if k.endswith("_study")})  # --study runs are kept
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)

@@ -13,12 +13,14 @@ Measures, on shards written with the real ShardWriter (motion from the real Live
 * model step speed at the paper's config (width 512, 6 layers) and the public trainer's effective
   one (width 256, 8 layers, 8 heads), batch 16, W_pre 25 + W_cur 100, 768-wide features: windows/s
   and step time of the reference computation (masked cross-attention over all audio frames, as
-  ``nn.TransformerDecoder`` computes it, with torch's dropout), of the exact single-key
-  cross-attention of ``audio_radius=0`` (the default) with torch's dropout and with the cheaper CPU
-  dropout mask of ``training.cpu_dropout`` (the default), and of that plus bf16 autocast (a choice,
-  not exact), measured
-  interleaved in one run so their ratio holds on a shared machine; on ``--device cuda`` also
-  fused AdamW and ``torch.compile``;
+  ``nn.TransformerDecoder`` computes it, torch's dropout, torch's AdamW loop), of the exact
+  single-key cross-attention of ``audio_radius=0`` (the default) with torch's dropout, and with the
+  cheaper CPU dropout mask of ``training.cpu_dropout`` and fused AdamW (the defaults), and of that
+  plus bf16 autocast (not exact; timed on CUDA and on CPUs with AMX, where it is the default);
+  at the public trainer's config also the public code's own step (wav2vec2-base trained in the
+  loop, reference kernels, fp32): the baseline of the speed goal (>= 20x). All measured
+  interleaved in one run so their ratios hold on a shared machine; on ``--device cuda`` also
+  ``torch.compile``;
 * the baseline, as the public code trains: the same step with a wav2vec2-base encoder (random
   weights, transformers' base config) run on each window's raw audio inside every step, its
   transformer layers 2-11 trained with the model as the public code does; and, for reference, the
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -55,7 +58,7 @@ from training.losses import LossWeights  # noqa: E402
 from training.model import ModelConfig, MotionDenoiser  # noqa: E402
 from training.normalize import Normalizer, load_stats  # noqa: E402
 from training import cpu_dropout  # noqa: E402
-from training.run import autocast_for, make_optimizer, step_loss  # noqa: E402
+from training.run import autocast_for, cpu_has_amx, make_optimizer, step_loss  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
 PAPER = ModelConfig(audio_dim=768)  # width 512, 6 layers, 8 heads, w_pre 25, w_cur 100, audio_dim 768
@@ -227,17 +230,24 @@ PUBLIC = ModelConfig(audio_dim=768, width=256, layers=8, heads=8)  # JoyVASA's p
 
 
 class ModelStep:
-    """One optimiser step of the denoiser alone on fixed random windows (no loader), one variant."""
+    """One optimiser step of the denoiser alone on fixed random windows (no loader), one variant.
+
+    ``encoder``: raw audio is re-encoded inside the step (the public code's baseline);
+    ``fused``: the optimiser's ``optim.fused`` (auto: torch's fused kernels on CPU and CUDA).
+    """
 
     def __init__(self, model_cfg: ModelConfig, device: str, single_key: bool, precision: str,
-                 fused: bool = False, compile_model: bool = False, torch_dropout: bool = False):
+                 fused: bool | str = "auto", compile_model: bool = False, torch_dropout: bool = False,
+                 encoder: RawAudioEncoder | None = None):
         torch.manual_seed(0)
         self.device = torch.device(device)
         self.model = MotionDenoiser(model_cfg).to(self.device).train()
         self.model.single_key_cross_attention = single_key
+        self.encoder = encoder.to(self.device) if encoder is not None else None
+        self.trained = torch.nn.ModuleList([self.model] + ([self.encoder] if encoder is not None else []))
         cfg = load_config("train", [f"optim.fused={str(fused).lower()}", f"train.precision={precision}",
                                     "train.cpu_autocast=true"])
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.optimizer = make_optimizer(self.trained, cfg, self.device)
         self.autocast, _ = autocast_for(cfg, self.device)
         self.call = torch.compile(self.model) if compile_model else self.model
         self.diffusion, self.weights = Diffusion(), LossWeights()
@@ -248,7 +258,8 @@ class ModelStep:
         self.mb = ModelBatch(x0=x0, audio=torch.randn(BATCH, w, model_cfg.audio_dim, generator=g).to(self.device),
                              valid=torch.ones(BATCH, w, dtype=torch.bool, device=self.device),
                              first=torch.zeros(BATCH, dtype=torch.bool, device=self.device))
-        self.w_pre = model_cfg.w_pre
+        self.raw_audio = (0.1 * torch.randn(BATCH, w * SAMPLES_PER_FRAME, generator=g)).to(self.device)
+        self.w_pre, self.window = model_cfg.w_pre, w
         self.kernels = cpu_dropout.torch_kernels if torch_dropout else contextlib.nullcontext
         self.times: list[float] = []
 
@@ -257,11 +268,14 @@ class ModelStep:
         sync()
         start = time.perf_counter()
         with self.kernels():
-            loss, _ = step_loss(self.call, self.diffusion, self.mb, self.weights, self.w_pre, 0.1,
+            mb = self.mb
+            if self.encoder is not None:
+                mb = dataclasses.replace(mb, audio=self.encoder(self.raw_audio, self.window))
+            loss, _ = step_loss(self.call, self.diffusion, mb, self.weights, self.w_pre, 0.1,
                                 self.generator, self.autocast)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 2.0)
+        torch.nn.utils.clip_grad_norm_(self.trained.parameters(), 2.0)
         self.optimizer.step()
         sync()
         if timed:
@@ -284,9 +298,9 @@ def step_flops(model_cfg: ModelConfig) -> int:
     return int(counter.get_total_flops())
 
 
-def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's best fp32 matrix-product rate (GFLOP/s) at the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's best matrix-product rate (GFLOP/s) at the current thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     best = min(timeit(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
@@ -300,23 +314,34 @@ def timeit(fn) -> float:
 
 def bench_model_speed(device: str, n_steps: int, cpu_bf16: bool = False) -> dict:
     """Reference vs the exact fast path (vs bf16 autocast, and on CUDA fused AdamW and compile),
-    at both configs, interleaved step by step. On CPU also the matrix-product bound: the step's
-    FLOPs at this machine's best GEMM rate, the most windows/s any exact fp32 step could reach.
-    bf16 autocast on CPU only with ``cpu_bf16``: on CPUs without native bf16 (AVX2 only, as
-    here) its matrix products fall back to a slow generic kernel."""
+    at both configs, interleaved step by step; at the public trainer's config also the public code's
+    own step (wav2vec2-base trained in the loop, masked cross-attention, torch's dropout and AdamW
+    loop, fp32), the baseline of the speed goal. On CPU also the matrix-product bound: the step's
+    FLOPs at this machine's best fp32 GEMM rate, the most windows/s any exact fp32 step could reach.
+    bf16 autocast on CPU where the CPU has AMX (the trainer's default there) or with ``cpu_bf16``:
+    on CPUs without native bf16 (AVX2 only) its matrix products fall back to a slow generic kernel."""
     out: dict = {}
+    time_bf16 = device == "cuda" or cpu_bf16 or cpu_has_amx()
     if device == "cpu":
         out["gemm_gflops_fp32"] = round(gemm_gflops(), 1)
+        out["cpu_has_amx"] = cpu_has_amx()
+        if time_bf16:
+            out["gemm_gflops_bf16"] = round(gemm_gflops(dtype=torch.bfloat16), 1)
     for name, model_cfg in (("paper", PAPER), ("public_trainer", PUBLIC)):
-        variants = {"reference_fp32": ModelStep(model_cfg, device, False, "fp32", torch_dropout=True),
-                    "single_key_fp32_torch_dropout": ModelStep(model_cfg, device, True, "fp32", torch_dropout=True),
-                    "single_key_fp32": ModelStep(model_cfg, device, True, "fp32")}
-        if device == "cuda" or cpu_bf16:
+        variants = {}
+        if model_cfg == PUBLIC:
+            variants["public_code_wav2vec2_fp32"] = ModelStep(model_cfg, device, False, "fp32", fused=False,
+                                                              torch_dropout=True,
+                                                              encoder=RawAudioEncoder(trained_layers=True))
+        variants.update({
+            "reference_fp32": ModelStep(model_cfg, device, False, "fp32", fused=False, torch_dropout=True),
+            "single_key_fp32_torch_dropout": ModelStep(model_cfg, device, True, "fp32", fused=False,
+                                                       torch_dropout=True),
+            "single_key_fp32": ModelStep(model_cfg, device, True, "fp32")})
+        if time_bf16:
             variants["single_key_bf16_autocast"] = ModelStep(model_cfg, device, True, "bf16")
         if device == "cuda":
-            variants["single_key_bf16_fused_adamw"] = ModelStep(model_cfg, device, True, "bf16", fused=True)
-            variants["single_key_bf16_fused_compiled"] = ModelStep(model_cfg, device, True, "bf16", fused=True,
-                                                                   compile_model=True)
+            variants["single_key_bf16_compiled"] = ModelStep(model_cfg, device, True, "bf16", compile_model=True)
         for step in variants.values():
             step(timed=False)  # warm-up (and compilation)
             step(timed=False)
@@ -325,8 +350,11 @@ def bench_model_speed(device: str, n_steps: int, cpu_bf16: bool = False) -> dict
                 step()
         results = {k: v.result() for k, v in variants.items()}
         ref = results["reference_fp32"]["windows_per_s"]
+        public = results.get("public_code_wav2vec2_fp32", {}).get("windows_per_s")
         for r in results.values():
             r["speedup_vs_reference"] = round(r["windows_per_s"] / ref, 3)
+            if public:
+                r["speedup_vs_public_code"] = round(r["windows_per_s"] / public, 2)
         out[name] = {"model": model_cfg.to_dict(), "batch": BATCH, **results}
         if device == "cpu":
             flops = step_flops(model_cfg)
@@ -445,7 +473,8 @@ def write_model_speed(args: argparse.Namespace) -> int:
         for variant, r in speed[name].items():
             if isinstance(r, dict) and "windows_per_s" in r:
                 print(f"{args.device} {name} {variant}: {r['windows_per_s']} windows/s, "
-                      f"{r['step_s_best']} s/step, {r['speedup_vs_reference']}x")
+                      f"{r['step_s_best']} s/step, {r['speedup_vs_reference']}x the reference"
+                      + (f", {r['speedup_vs_public_code']}x the public code" if "speedup_vs_public_code" in r else ""))
         if "matmul_bound_windows_per_s" in speed[name]:
             print(f"{name}: {speed[name]['gflop_per_step']} GFLOP/step; at {speed['gemm_gflops_fp32']} GFLOP/s "
                   f"(best fp32 GEMM here) at most {speed[name]['matmul_bound_windows_per_s']} windows/s")

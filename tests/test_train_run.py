@@ -177,9 +177,51 @@ def test_optimiser_is_the_papers_adam_or_adamw():
     adamw = make_optimizer(model, load_config("train", ["optim.name=adamw"]))
     assert type(adamw) is torch.optim.AdamW
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.01, 0.0]
-    assert not adamw.defaults.get("fused")  # auto: fused kernels on CUDA only
+    assert adamw.defaults.get("fused")  # auto: torch's fused kernels, on CPU too
     with pytest.raises(ValueError, match="optim.name"):
         make_optimizer(model, load_config("train", ["optim.name=sgd"]))
+
+
+def test_fused_optimiser_makes_the_loops_update():
+    """optim.fused (the CPU default) changes how AdamW runs, not what it computes."""
+    from configs import load_config
+    from training.run import make_optimizer
+
+    cfg = ModelConfig(audio_dim=16, width=32, layers=1, heads=2, w_pre=5, w_cur=10)
+    results = []
+    for fused in ("true", "false"):
+        torch.manual_seed(0)
+        model = MotionDenoiser(cfg)
+        optimizer = make_optimizer(model, load_config("train", [f"optim.fused={fused}", "optim.lr=1e-2"]))
+        assert bool(optimizer.defaults.get("fused")) == (fused == "true")
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.equal(results[0], torch.cat([p.detach().flatten() for p in MotionDenoiser(cfg).parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_autocast_follows_the_cpu(monkeypatch):
+    """train.cpu_autocast auto: bf16 autocast where the CPU has AMX, fp32 elsewhere; true/false force it."""
+    from configs import load_config
+    from training import run
+
+    cpu = torch.device("cpu")
+    for has_amx in (True, False):
+        monkeypatch.setattr(run, "cpu_has_amx", lambda: has_amx)
+        autocast, scaler = run.autocast_for(load_config("train"), cpu)
+        assert isinstance(autocast, torch.autocast) == has_amx and not scaler
+        assert isinstance(run.autocast_for(load_config("train", ["train.cpu_autocast=true"]), cpu)[0],
+                          torch.autocast)
+        assert not isinstance(run.autocast_for(load_config("train", ["train.cpu_autocast=false"]), cpu)[0],
+                              torch.autocast)
+        assert not isinstance(run.autocast_for(load_config("train", ["train.precision=fp32"]), cpu)[0],
+                              torch.autocast)
+    with pytest.raises(ValueError, match="cpu_autocast"):
+        run.autocast_for(load_config("train", ["train.cpu_autocast=maybe"]), cpu)
 
 
 def test_bad_optimiser_name_exits_2(shards, tmp_path, capsys):
