@@ -42,9 +42,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_description  # noqa: E402
 from pipeline.media import media_dir  # noqa: E402
 from shards.vector import ANGLE_DIMS, EXP_DIMS, POSE_DIMS  # noqa: E402
 from tests.synthetic_world import MOUTH_DIMS, World, WorldClip, build_world, world_std  # noqa: E402
+from training.diffusion import window_joins  # noqa: E402
 from training.run import run_from_args  # noqa: E402
 from training.sample import MotionGenerator, load_generator  # noqa: E402
 
@@ -111,17 +113,13 @@ def mouth_correlation(generated: list[np.ndarray], clips: list[WorldClip]) -> fl
 
 def boundary_velocity(motion: np.ndarray, scale: np.ndarray, w_pre: int, w_cur: int,
                       blend: bool) -> tuple[list[float], list[float]]:
-    """Per-frame velocity (RMS over dims of the step, in units of the world's std) at the frames
-    where windows join, and inside windows. A window starting at frame s joins at s; with the
-    cross-fade the fade also begins at s - w_pre."""
+    """Per-frame velocity (RMS over dims of the step, in units of the world's std) at the steps where
+    the output passes from one window to the next (``training.diffusion.window_joins``: with the
+    cross-fade, into and out of each fade), and everywhere else."""
     velocity = np.sqrt(np.mean((np.diff(motion, axis=0) / scale) ** 2, axis=1))  # velocity[i]: i -> i+1
-    joins = set()
-    for start in range(w_cur, len(motion), w_cur):
-        joins.add(start - 1)
-        if blend:
-            joins.add(start - w_pre - 1)
+    joins = set(window_joins(len(motion), w_pre, w_cur, blend))
     inside = [v for i, v in enumerate(velocity) if i not in joins]
-    return [float(velocity[i]) for i in sorted(joins) if 0 <= i < len(velocity)], inside
+    return [float(velocity[i]) for i in sorted(joins)], inside
 
 
 def generate_all(generator: MotionGenerator, clips: list[WorldClip], sample: dict[str, Any],
@@ -185,15 +183,6 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
     result["examples"] = {"generated": default[0], "null": null[0], "truth": clips[0].mouth,
                           "no_blend": no_blend[0], "true_vector": clips[0].vector}
     return result
-
-
-def cpu_name() -> dict[str, Any]:
-    """The CPU the run trained on, and whether training ran bf16 autocast there (the default on AMX)."""
-    from training.run import cpu_has_amx
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-    return {"model": model, "amx": cpu_has_amx()}
 
 
 # ----------------------------------------------------------------------------- plots and the command
@@ -389,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("mouth_corr", "null_corr", "boundary_velocity_ratio"):
         report[key] = headline[key]
     report["load_avg_1min"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
-    report["cpu"] = cpu_name()
+    report["cpu"] = cpu_description()
     report.update({k: v for k, v in earlier.items() if k.endswith("_study")})  # --study runs are kept
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")

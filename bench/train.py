@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_description  # noqa: E402
 from configs import load_config  # noqa: E402
 from pipeline.media import media_dir  # noqa: E402
 from shards.format import SAMPLES_PER_FRAME  # noqa: E402
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update({
         "device": "cpu", "torch_threads": args.threads, "cpu_count": os.cpu_count(),
         "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "shard_write_s": round(write_s, 1),
+        "torch": torch.__version__, "cpu": cpu_description(), "shard_write_s": round(write_s, 1),
         "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "notes": "step = loader batch -> diffusion loss -> backward -> clip -> AdamW, fp32 on CPU, "
                  "best of the timed steps (interleaved across variants) after one warm-up each; "
@@ -462,6 +463,7 @@ def write_model_speed(args: argparse.Namespace) -> int:
     speed["threads"] = args.threads
     speed["load_avg_1min"] = round(os.getloadavg()[0], 2)
     speed["date"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    speed["cpu"] = cpu_description()
     if args.device == "cuda":
         speed["gpu"] = torch.cuda.get_device_name()
     report.setdefault("model_speed", {})[args.device] = speed

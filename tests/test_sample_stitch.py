@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from configs import load_config
+from training.diffusion import window_joins
 from training.motion_metrics import boundary_jumps
 from training.sample import load_generator
 
@@ -56,12 +57,14 @@ def test_windows_stitch_without_a_jump(trained, other_speech_features, seed):
     assert motion.shape == (N_FRAMES, 70) and np.isfinite(motion).all()
 
     normalised = generator.normalizer.normalize(motion)  # every dim on a comparable scale
-    at_boundary, interior = boundary_jumps(normalised, W_CUR)
-    plain_boundary, _ = boundary_jumps(generator.normalizer.normalize(plain), W_CUR)
+    joins = window_joins(N_FRAMES, W_PRE, W_CUR, blend=True)
+    at_boundary, interior = boundary_jumps(normalised, joins)
+    plain_boundary, _ = boundary_jumps(generator.normalizer.normalize(plain),
+                                       window_joins(N_FRAMES, W_PRE, W_CUR, blend=False))
     report = (f"boundary {np.round(at_boundary, 3)}; interior max {interior.max():.3f}, p95 "
               f"{np.percentile(interior, 95):.3f}, median {np.median(interior):.3f}; "
               f"without blending boundary median {np.median(plain_boundary):.3f}")
-    assert len(at_boundary) == N_FRAMES // W_CUR - 1
+    assert len(at_boundary) == len(joins) and len(joins) >= 2 * (N_FRAMES // W_CUR - 1)
     assert interior.max() > 0, report  # the motion moves
     assert at_boundary.max() <= interior.max(), report
     assert np.median(at_boundary) <= np.percentile(interior, 95), report
@@ -70,9 +73,9 @@ def test_windows_stitch_without_a_jump(trained, other_speech_features, seed):
 def test_boundary_check_sees_a_jump():
     rng = np.random.default_rng(0)
     smooth = np.cumsum(rng.normal(scale=0.01, size=(120, 70)), axis=0)
-    at_boundary, interior = boundary_jumps(smooth, 40)
+    at_boundary, interior = boundary_jumps(smooth, [39, 79])
     assert len(at_boundary) == 2 and len(interior) == 117
     jumped = smooth.copy()
     jumped[80:] += 0.5  # a step between the second and third window
-    at_boundary, interior = boundary_jumps(jumped, 40)
+    at_boundary, interior = boundary_jumps(jumped, [39, 79])
     assert at_boundary[1] > interior.max()

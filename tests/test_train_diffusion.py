@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.diffusion import Diffusion, cosine_alphas_cumprod, generate
+from training.diffusion import Diffusion, cosine_alphas_cumprod, generate, window_joins, window_starts
 from training.model import ModelConfig, MotionDenoiser
 
 TINY = ModelConfig(audio_dim=16, width=64, layers=2, heads=4, w_pre=5, w_cur=20, dropout=0.0)
@@ -90,8 +90,9 @@ class Recorder(MotionDenoiser):
         self.calls = []
 
     def forward(self, x_t, t, prev_motion, audio, first_window, drop_audio):
-        self.calls.append((prev_motion.clone(), audio.clone(), first_window.clone()))
-        return super().forward(x_t, t, prev_motion, audio, first_window, drop_audio)
+        out = super().forward(x_t, t, prev_motion, audio, first_window, drop_audio)
+        self.calls.append((prev_motion.clone(), audio.clone(), first_window.clone(), out.clone()))
+        return out
 
 
 @pytest.mark.parametrize("n_frames", [53, 60, 3])
@@ -106,7 +107,7 @@ def test_generate_slides_windows_over_the_utterance(n_frames):
     n_windows = math.ceil(n_frames / 20)
     assert len(model.calls) == 2 * n_windows  # two ddim steps per window
     for k in range(n_windows):
-        prev, window_audio, first = model.calls[2 * k]
+        prev, window_audio, first, _ = model.calls[2 * k]
         start = 20 * k
         n = min(20, n_frames - start)
         assert bool(first[0]) == (k == 0)
@@ -118,13 +119,49 @@ def test_generate_slides_windows_over_the_utterance(n_frames):
     again = generate(model, Diffusion(50), audio, n_steps=2, sampler="ddim",
                      generator=torch.Generator().manual_seed(1), blend=False)
     assert torch.equal(out, again)
-    # Blending changes only the w_pre frames before each window boundary.
+
+
+@pytest.mark.parametrize("n_frames", [53, 60, 20, 3])
+def test_blended_windows_overlap_and_cross_fade(n_frames):
+    """With blend, each window starts w_pre frames (5) before the previous one's current part ends,
+    is conditioned on the final frames before its start, and fades in over those 5 frames with
+    weights 1/6 .. 5/6; the rest of its current part is its own output."""
+    torch.manual_seed(0)
+    model = Recorder(TINY)
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    audio = torch.randn(n_frames, 16)
     blended = generate(model, Diffusion(50), audio, n_steps=2, sampler="ddim",
                        generator=torch.Generator().manual_seed(1))
-    inside = torch.ones(n_frames, dtype=torch.bool)
-    for k in range(1, n_windows):
-        inside[20 * k - 5:20 * k] = False
-    assert torch.equal(blended[inside], out[inside])
+    starts = window_starts(n_frames, 5, 20, blend=True)
+    assert starts[0] == 0 and all(b - a == 15 for a, b in zip(starts, starts[1:]))
+    assert starts[-1] + 20 >= n_frames > starts[-1] and len(model.calls) == 2 * len(starts)
+    expected = torch.zeros(n_frames, 70)
+    for k, start in enumerate(starts):
+        prev, window_audio, first, x0 = model.calls[2 * k + 1]  # the last ddim step's prediction
+        n = min(20, n_frames - start)
+        assert bool(first[0]) == (k == 0)
+        assert torch.equal(window_audio[0, 5:5 + n], audio[start:start + n])
+        current = x0[0, 5:5 + n]
+        if k == 0:
+            expected[:n] = current
+            continue
+        assert torch.equal(prev[0], blended[start - 5:start])  # final frames: no later window touches them
+        fade = min(5, n)
+        weight = torch.arange(1, fade + 1, dtype=torch.float32)[:, None] / 6
+        expected[start:start + fade] = (1 - weight) * expected[start:start + fade] + weight * current[:fade]
+        expected[start + fade:start + n] = current[fade:]
+    assert torch.allclose(blended, expected, atol=1e-6)
+
+
+def test_window_joins_are_where_the_output_changes_hands():
+    """53 frames, w_pre 5, w_cur 20: blended windows start at 0, 15, 30, 45 and fade over 5 frames,
+    so the motion changes source at the step into each fade and out of it; back to back, after
+    frames 19 and 39."""
+    assert window_starts(53, 5, 20, blend=True) == [0, 15, 30, 45]
+    assert window_joins(53, 5, 20, blend=True) == [14, 19, 29, 34, 44, 49]
+    assert window_starts(53, 5, 20, blend=False) == [0, 20, 40]
+    assert window_joins(53, 5, 20, blend=False) == [19, 39]
+    assert window_starts(20, 5, 20, blend=True) == [0] and window_joins(20, 5, 20, blend=True) == []
 
 
 def test_generate_with_guidance_and_ddpm_is_seeded_and_checks_width():

@@ -130,17 +130,51 @@ class Diffusion:
         return x0
 
 
+def window_fade(w_pre: int, w_cur: int) -> int:
+    """Frames by which consecutive windows overlap and cross-fade: ``w_pre``, or less where the
+    window is too short to keep its next context (``w_pre`` frames before the next start) in its own
+    current part."""
+    return max(0, min(w_pre, w_cur - w_pre))
+
+
+def window_starts(n_frames: int, w_pre: int, w_cur: int, blend: bool) -> list[int]:
+    """The frame where each window's current part starts: back to back (the paper's windows), or,
+    with ``blend``, each :func:`window_fade` frames before the previous window's current part ends."""
+    stride = w_cur - (window_fade(w_pre, w_cur) if blend else 0)
+    starts = [0]
+    while starts[-1] + w_cur < n_frames:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def window_joins(n_frames: int, w_pre: int, w_cur: int, blend: bool) -> list[int]:
+    """Frames ``i`` where the step ``i -> i + 1`` passes from one window's output to another's (or into
+    or out of a cross-fade): where a badly stitched motion jumps."""
+    fade = window_fade(w_pre, w_cur) if blend else 0
+    joins = set()
+    for start in window_starts(n_frames, w_pre, w_cur, blend)[1:]:
+        joins.add(start - 1)
+        if fade:
+            joins.add(min(start + fade, n_frames) - 1)
+    return sorted(j for j in joins if 0 <= j < n_frames - 1)
+
+
 @torch.no_grad()
 def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Tensor | np.ndarray,
              n_steps: int | None = None, sampler: str = "ddpm", cfg_scale: float = 1.0,
              generator: torch.Generator | None = None, blend: bool = True) -> torch.Tensor:
     """Motion for a whole utterance: normalised audio features (T, audio_dim) -> (T, motion_dim).
 
-    Sliding windows (paper §3.4): each generates ``w_pre + w_cur`` frames given the previous
-    ``w_pre`` generated frames and their audio. Its first ``w_pre`` outputs re-generate that
-    context; a model that reproduces its context imperfectly would start each window with a jump,
-    so with ``blend`` those frames are cross-faded into the previous window's last ``w_pre``
-    frames with a linear ramp instead of being discarded.
+    Sliding windows (paper §3.4): each generates ``w_pre + w_cur`` frames given the ``w_pre`` frames
+    before its current part and their audio, and contributes its current part. Without ``blend``
+    the current parts follow back to back, as in the paper. A model that does not continue its
+    context exactly then starts each window with a jump, and a briefly trained one does. With
+    ``blend`` (the default) each window starts :func:`window_fade` frames (25) before the previous
+    one's current part ends, and over those frames its output is cross-faded in with a linear ramp,
+    so the motion passes from one window's output to the next without a step, for a third more
+    windows. (Cross-fading the window's re-generated context frames instead leaves the step between
+    the end of that context and the start of its current part inside the output; measured join
+    velocities: docs/sampling.md.)
 
     The result is in normalised units (undo with ``Normalizer.denormalize``) on the CPU. Windows are
     generated one after another, so memory does not grow with ``T`` beyond the (T, 70) output.
@@ -152,13 +186,14 @@ def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Ten
         raise ValueError(f"audio features must be (T, {cfg.audio_dim}), got {tuple(audio.shape)}")
     n_frames = audio.shape[0]
     motion = torch.zeros(n_frames, cfg.motion_dim)
-    ramp = (torch.arange(1, cfg.w_pre + 1, dtype=torch.float32) / (cfg.w_pre + 1))[:, None]
+    fade = window_fade(cfg.w_pre, cfg.w_cur) if blend else 0
+    ramp = (torch.arange(1, fade + 1, dtype=torch.float32) / (fade + 1))[:, None]
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, n_frames, cfg.w_cur):
+        for index, start in enumerate(window_starts(n_frames, cfg.w_pre, cfg.w_cur, blend)):
             n = min(cfg.w_cur, n_frames - start)
-            first = start == 0
+            first = index == 0
             window_audio = torch.zeros(cfg.window, cfg.audio_dim)
             prev = torch.zeros(cfg.w_pre, cfg.motion_dim)
             if not first:
@@ -169,9 +204,11 @@ def generate(model: MotionDenoiser, diffusion: Diffusion, audio_feats: torch.Ten
                 model, prev[None].to(device), window_audio[None].to(device),
                 torch.tensor([first], device=device), n_steps=n_steps, sampler=sampler,
                 cfg_scale=cfg_scale, generator=generator)[0].float().cpu()
-            if blend and not first:
-                motion[start - cfg.w_pre:start] = torch.lerp(prev, x0[:cfg.w_pre], ramp)
-            motion[start:start + n] = x0[cfg.w_pre:cfg.w_pre + n]
+            current = x0[cfg.w_pre:cfg.w_pre + n]
+            overlap = 0 if first else min(fade, n)
+            motion[start:start + overlap] = torch.lerp(motion[start:start + overlap], current[:overlap],
+                                                       ramp[:overlap])
+            motion[start + overlap:start + n] = current[overlap:]
     finally:
         model.train(was_training)
     return motion

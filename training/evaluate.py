@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--no-blend", action="store_true", help="join windows without the overlap cross-fade")
+    p.add_argument("--no-blend", action="store_true",
+                   help="windows back to back (the paper's) instead of overlapping and cross-faded")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval_report", help="folder for report.json, report.md, plots")
     return p

@@ -91,16 +91,17 @@ def diversity(samples: Sequence[np.ndarray]) -> dict[str, float]:
             for name, dims in GROUPS.items()}
 
 
-def boundary_jumps(seq: np.ndarray, w_cur: int, dims: np.ndarray | slice = slice(None)
+def boundary_jumps(seq: np.ndarray, joins: Sequence[int], dims: np.ndarray | slice = slice(None)
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Velocity norms at window boundaries (frame k*w_cur - 1 -> k*w_cur) and everywhere else.
+    """Velocity norms at the joins between windows (frames ``i`` of ``joins``: the step i -> i + 1,
+    as :func:`training.diffusion.window_joins` lists them) and everywhere else.
 
-    A sliding-window generator that stitches well shows boundary velocities inside the range of its
+    A sliding-window generator that stitches well shows join velocities inside the range of its
     interior ones.
     """
     vel = np.linalg.norm(np.diff(_check(seq)[:, dims], axis=0), axis=1)
     at_boundary = np.zeros(len(vel), dtype=bool)
-    at_boundary[np.arange(w_cur - 1, len(vel), w_cur)] = True
+    at_boundary[[j for j in joins if 0 <= j < len(vel)]] = True
     return vel[at_boundary], vel[~at_boundary]
 
 

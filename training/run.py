@@ -227,8 +227,8 @@ class Trainer:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, from Sapphire Rapids on):
-    there bf16 products ran at 4-5x the fp32 rate (bench/train.py); without it (AVX2 only) they fall
-    back to a generic kernel about 20x slower than fp32."""
+    there bf16 matrix products ran at 4-6x the fp32 rate (bench/train.py); without it (AVX2 only)
+    they fall back to a generic kernel about 20x slower than fp32."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 

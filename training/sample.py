@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian smoothing of scale/translation/angles, sigma in frames (0: off)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
     p.add_argument("--no-blend", action="store_true",
-                   help="join windows without cross-fading their overlapping context frames")
+                   help="windows back to back, as in the paper, instead of overlapping by w_pre frames "
+                        "and cross-faded")
     p.add_argument("--preview", default=None, help="also write a keypoint preview video (.mp4)")
     p.add_argument("--audio-encoder", default=None,
                    help="wav2vec2/HuBERT folder, registry name, or random[:small] (tests only); "
