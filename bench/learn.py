@@ -20,7 +20,7 @@ denormalised 70-dim motion) and measures:
   velocity inside windows, with the cross-fade (and without, ``..._no_blend``);
 * train and validation loss curves read back from the run's TensorBoard log.
 
-Writes bench/results/learn.json and PNG plots beside it. ``--study`` trains the reduced model on
+Writes bench/results/learn.json (or --out) and PNG plots beside it, named after it. ``--study`` trains the reduced model on
 worlds of 24 and 96 training clips for 400 to 6,400 steps (``STUDY``): whether motion that does not
 depend on the audio collapses towards the mean because the world is small (memorised) or the run
 short, rather than because of the sampler.
@@ -187,7 +187,8 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
 
 # ----------------------------------------------------------------------------- plots and the command
 
-def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: str) -> list[str]:
+def plot(result: dict[str, Any], curves: dict[str, list], prefix: Path, tag: str) -> list[str]:
+    """The run's motion and loss plots, ``{prefix}_{tag}_motion.png`` and ``..._loss.png``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -208,7 +209,7 @@ def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: st
     axes[1].legend(loc="upper right")
     fig.suptitle(f"{tag}: mouth_corr {result['mouth_corr']}, null_corr {result['null_corr']}")
     fig.tight_layout()
-    paths.append(out_dir / f"learn_{tag}_motion.png")
+    paths.append(prefix.with_name(f"{prefix.name}_{tag}_motion.png"))
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
 
@@ -221,14 +222,14 @@ def plot(result: dict[str, Any], curves: dict[str, list], out_dir: Path, tag: st
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()
-    paths.append(out_dir / f"learn_{tag}_loss.png")
+    paths.append(prefix.with_name(f"{prefix.name}_{tag}_loss.png"))
     fig.savefig(paths[-1], dpi=80)
     plt.close(fig)
     return [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths]
 
 
 def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_steps: int,
-                max_seconds: float | None, sample: dict[str, Any], out_dir: Path | None) -> dict[str, Any]:
+                max_seconds: float | None, sample: dict[str, Any], plots: Path | None) -> dict[str, Any]:
     run_dir = work / f"run_{tag}"
     for old in (run_dir, run_dir.with_name(run_dir.name + "_probe")):  # a fresh run, never a resumed one
         shutil.rmtree(old, ignore_errors=True)
@@ -240,7 +241,7 @@ def run_variant(tag: str, world: World, work: Path, overrides: list[str], max_st
     result.update(steps=summary["step"], train_s=round(train_s, 1),
                   step_s=round(summary["elapsed_s"] / max(1, summary["steps_run"]), 3),
                   overrides=overrides, loss_curves=curves)
-    result["plots"] = plot(result, curves, out_dir, tag) if out_dir is not None else []
+    result["plots"] = plot(result, curves, plots, tag) if plots is not None else []
     result.pop("examples")
     return result
 
@@ -367,11 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     small_world = build_world(args.work / "world32", media_dir(), feature_dim=32, n_train=args.train_clips, n_val=3,
                               n_held_out=3, seconds=(10.0, 60.0))
     report["reduced"] = run_variant("reduced", small_world, args.work, REDUCED + args.set, args.reduced_steps,
-                                    None, sample, args.out.parent)
+                                    None, sample, args.out.with_suffix(""))
     if not args.skip_paper:
         world = paper_world(args)
         report["paper"] = run_variant("paper", world, args.work, PAPER + args.set, 100_000, args.minutes * 60,
-                                      sample, args.out.parent)
+                                      sample, args.out.with_suffix(""))
         headline = report["paper"]
     else:
         headline = report["reduced"]
