@@ -20,10 +20,10 @@ denormalised 70-dim motion) and measures:
   velocity inside windows, with the cross-fade (and without, ``..._no_blend``);
 * train and validation loss curves read back from the run's TensorBoard log.
 
-Writes bench/results/learn.json (or --out) and PNG plots beside it, named after it. ``--study`` trains the reduced model on
-worlds of 24 and 96 training clips for 400 to 6,400 steps (``STUDY``): whether motion that does not
-depend on the audio collapses towards the mean because the world is small (memorised) or the run
-short, rather than because of the sampler.
+Writes bench/results/learn.json (or --out) and PNG plots beside it, named after it. ``--study``
+trains the reduced model on worlds of 24 and 96 training clips for 400 to 6,400 steps (``STUDY``):
+whether motion that does not depend on the audio collapses towards the mean because the world is
+small (memorised) or the run short, rather than because of the sampler.
 """
 from __future__ import annotations
 
