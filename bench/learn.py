@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/learn.py [--minutes 18] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
     .venv/bin/python bench/learn.py --resample ddpm:50   # the last paper run, another sampler
+    .venv/bin/python bench/learn.py --by-step            # the last paper run, denoised at each noise level
     .venv/bin/python bench/learn.py --study              # the reduced model: world size x steps
     .venv/bin/python bench/learn.py --pose-study         # pose normalisation x pose loss term
 
@@ -268,6 +269,49 @@ def resample(args: argparse.Namespace) -> int:
     return 0
 
 
+BY_STEP = (0, 5, 10, 20, 30, 40, 49)
+
+
+def by_step(args: argparse.Namespace) -> int:
+    """How well the last paper run's network denoises held-out windows at each noise level: the true
+    window (true context, its own audio) diffused to step t, denoised once (conditional, EMA
+    weights); x0 squared error per frame and dim in normalised units (all dims, the lip dims),
+    and the temporal std of the prediction's expression dims over the truth's. Where the network
+    cannot pass a nearly clean input through, the error stays high at step 0 and the ratio below 1.
+    Added to --out under ``paper.by_step``."""
+    generator = load_generator(args.work / "run_paper" / "checkpoint.pt")
+    cfg, norm = generator.model.cfg, generator.normalizer
+    windows, audio = [], []
+    for clip in paper_world(args).held_out:
+        motion, feats = norm.normalize(clip.vector), norm.normalize_audio(clip.features)
+        for start in range(cfg.w_pre, len(motion) - cfg.w_cur, cfg.w_cur):
+            windows.append(motion[start - cfg.w_pre:start + cfg.w_cur])
+            audio.append(feats[start - cfg.w_pre:start + cfg.w_cur])
+    x0, feats = torch.tensor(np.array(windows)).float(), torch.tensor(np.array(audio)).float()
+    n, noise = len(x0), torch.Generator().manual_seed(0)
+    no = torch.zeros(n, dtype=torch.bool)
+    true = x0[:, cfg.w_pre:]
+    rows = []
+    for t in BY_STEP:
+        steps = torch.full((n,), t)
+        x_t = generator.diffusion.q_sample(x0, steps, torch.randn(x0.shape, generator=noise))
+        with torch.no_grad():
+            pred = generator.diffusion.denoise(generator.model, x_t, steps, x0[:, :cfg.w_pre], feats, no, no)
+        err = ((pred[:, cfg.w_pre:] - true) ** 2).mean(dim=(0, 1))
+        ratio = pred[:, cfg.w_pre:, EXP_DIMS].std(1).mean() / true[..., EXP_DIMS].std(1).mean()
+        rows.append({"step": t, "alpha_bar": round(float(generator.diffusion.alphas_cumprod[t]), 4),
+                     "x0_mse": round(float(err.mean()), 4), "x0_mse_lips": round(float(err[list(MOUTH_DIMS)].mean()), 4),
+                     "expression_std_ratio": round(float(ratio), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    report = json.loads(args.out.read_text())
+    report["paper"]["by_step"] = {"windows": n, "parametrization": generator.diffusion.parametrization,
+                                  "rows": rows}
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(args.out)
+    return 0
+
+
 # (training clips, steps, extra overrides) of the collapse study: the same reduced model on a world
 # 4x larger, for 4x and 16x the steps, with pose z-scored, without the velocity and smoothness
 # losses, without dropout, at a lower learning rate and with more first windows (does the
@@ -348,11 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resample", metavar="SAMPLER:STEPS", default=None,
                         help="no training: score the last paper run (in --work) again with another sampler, "
                              "e.g. ddpm:50, added to --out under paper.other_samplers")
+    parser.add_argument("--by-step", action="store_true",
+                        help="no training: denoise held-out windows once at each noise level with the last "
+                             "paper run (in --work), added to --out under paper.by_step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.resample:
         return resample(args)
+    if args.by_step:
+        return by_step(args)
     if args.study:
         return collapse_study(args, {"sampler": "ddim", "steps": 10})
     if args.pose_study:

@@ -82,6 +82,45 @@ def test_classifier_free_guidance_combines_conditional_and_unconditional():
     assert torch.allclose(d.predict_x0(model, x, 7, prev, audio, first, cfg_scale=1.0), cond, atol=1e-6)
 
 
+class Constant(torch.nn.Module):
+    """A network whose output is ``value`` whatever its input."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x_t, t, prev_motion, audio, first_window, drop_audio):
+        return self.value
+
+
+def test_edm_parametrization_passes_the_noisy_input_to_x0():
+    """With sigma_data 1 (v-prediction), x0_hat = sqrt(ab) x_t - sqrt(1 - ab) F with F = -v: the true
+    -v gives back x0 exactly, a zero output the noisy input scaled; the x0 parametrization is the
+    output itself."""
+    d, x0, noise = Diffusion(50, parametrization="edm", sigma_data=1.0), torch.randn(3, 25, 70), torch.randn(3, 25, 70)
+    t = torch.tensor([0, 20, 49])
+    ab = d.alphas_cumprod[t].view(3, 1, 1)
+    x_t = d.q_sample(x0, t, noise)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    args = (t, None, None, None, None)
+    assert torch.allclose(d.denoise(Constant(-v), x_t, *args), x0, atol=1e-5)
+    assert torch.allclose(d.denoise(Constant(torch.zeros_like(x0)), x_t, *args), ab.sqrt() * x_t)
+    assert torch.equal(Diffusion(50).denoise(Constant(v), x_t, *args), v)
+    # sigma_data 0.5 at step 20: c_skip and c_out of EDM with sigma^2 = (1 - ab) / ab
+    half = Diffusion(50, parametrization="edm", sigma_data=0.5)
+    ab20 = float(half.alphas_cumprod[20])
+    sigma2 = (1 - ab20) / ab20
+    c_skip, c_out = 0.25 / (sigma2 + 0.25), math.sqrt(sigma2) * 0.5 / math.sqrt(sigma2 + 0.25)
+    t20 = torch.full((3,), 20)
+    out = half.denoise(Constant(v), x_t, t20, None, None, None, None)
+    assert torch.allclose(out, c_skip * x_t / math.sqrt(ab20) + c_out * v, atol=1e-5)
+    assert Diffusion.from_config({"steps": 50}).parametrization == "x0"  # runs from before the choice
+    with pytest.raises(ValueError, match="parametrization"):
+        Diffusion(50, parametrization="eps")
+    with pytest.raises(ValueError, match="sigma_data"):
+        Diffusion(50, parametrization="edm", sigma_data=0.0)
+
+
 class Recorder(MotionDenoiser):
     """The real denoiser, recording what each window was conditioned on."""
 

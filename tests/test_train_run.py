@@ -124,11 +124,17 @@ def test_bad_inputs_fail_before_the_first_step(shards, tmp_path):
 
 
 def test_load_for_inference_rejects_incomplete_or_mismatched_checkpoints(shards, tmp_path):
-    run(shards, tmp_path / "run", "train.max_steps=2", "train.val_every=2", "data.num_workers=0")
+    run(shards, tmp_path / "run", "train.max_steps=2", "train.val_every=2", "data.num_workers=0",
+        "diffusion.parametrization=edm", "diffusion.sigma_data=0.7")
     path = tmp_path / "run" / "checkpoint.pt"
-    model, _, _, _ = load_for_inference(path, use_ema=False)
+    model, diffusion, _, _ = load_for_inference(path, use_ema=False)
     assert not model.training and model.cfg.width == 64
+    assert (diffusion.parametrization, diffusion.sigma_data) == ("edm", 0.7)  # as the run trained
     state = torch.load(path, weights_only=False)
+    for key in ("parametrization", "sigma_data"):  # a checkpoint from before the choice predicts x0
+        del state["train_config"]["diffusion"][key]
+    torch.save(state, tmp_path / "older.pt")
+    assert load_for_inference(tmp_path / "older.pt")[1].parametrization == "x0"
     state["model_config"]["width"] = 128
     torch.save(state, tmp_path / "wide.pt")
     with pytest.raises(CheckpointError, match="do not match"):

@@ -109,6 +109,5 @@ def load_for_inference(path: str | Path, use_ema: bool = True, device: str | tor
     if normalizer.audio_dim is not None and normalizer.audio_dim != model.cfg.audio_dim:
         raise CheckpointError(f"stats audio width {normalizer.audio_dim} != model audio_dim "
                               f"{model.cfg.audio_dim}")
-    diffusion_cfg = cfg.get("diffusion", {})
-    diffusion = Diffusion(int(diffusion_cfg.get("steps", 50)), float(diffusion_cfg.get("cosine_s", 0.008)))
+    diffusion = Diffusion.from_config(cfg.get("diffusion", {}))
     return model.to(device).eval(), diffusion, state["stats"], cfg

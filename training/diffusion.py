@@ -1,8 +1,23 @@
 """Gaussian diffusion over motion windows: cosine schedule, x0 prediction, DDPM/DDIM sampling, CFG.
 
 The schedule is the cosine one of Nichol & Dhariwal (s = 0.008) with 50 steps, as the public JoyVASA
-code trains; step 0 is the least noisy. The network predicts the clean sample ``x0`` directly
-(paper §3.3.2), so both samplers are written in terms of ``x0_hat``:
+code trains; step 0 is the least noisy. Training and both samplers work with the predicted clean
+sample ``x0_hat`` (paper §3.3.2), which :meth:`Diffusion.denoise` reads from the network's output in
+one of two ways (``diffusion.parametrization``):
+
+* ``x0``: the output is ``x0_hat`` itself, as the paper and the public code have it. The network
+  must then carry the noisy input through every layer to the output, and where the input is
+  nearly clean it does not learn to: trained briefly, its ``x0_hat`` keeps 0.8x of the motion of
+  an input at step 0 and every sample comes out damped (``bench/learn.py``);
+* ``edm``: the preconditioning of Karras et al. 2022 (EDM), written for this variance-preserving
+  schedule: with ``sigma^2 = (1 - ab) / ab``, ``x0_hat = c_skip x_t / sqrt(ab) + c_out F`` where
+  ``c_skip = sd^2 / (sigma^2 + sd^2)`` and ``c_out = sigma sd / sqrt(sigma^2 + sd^2)``, ``sd`` being
+  ``diffusion.sigma_data``. The noisy input, scaled as the best linear estimate of data of std
+  ``sd``, passes straight to ``x0_hat``; the network ``F`` predicts what that estimate misses, at
+  unit scale at every step. ``sd = 1`` is v-prediction (Salimans & Ho 2022, ``F = -v``). The
+  losses are the same, computed on ``x0_hat``.
+
+The samplers:
 
 * ``ddpm``: ancestral sampling through every training step (what the public code runs);
 * ``ddim``: deterministic (eta = 0) over any decreasing subset of the steps, for faster previews.
@@ -17,6 +32,7 @@ first uses the start tokens; the last is padded with zero (mean) audio and trunc
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +40,7 @@ import torch
 from training.model import MotionDenoiser
 
 SAMPLERS = ("ddpm", "ddim")
+PARAMETRIZATIONS = ("x0", "edm")
 
 
 def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> np.ndarray:
@@ -37,11 +54,18 @@ def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> np.ndarray:
 class Diffusion:
     """The forward process, its posterior and the two samplers; holds no learned state."""
 
-    def __init__(self, steps: int = 50, cosine_s: float = 0.008):
+    def __init__(self, steps: int = 50, cosine_s: float = 0.008, parametrization: str = "x0",
+                 sigma_data: float = 1.0):
         if steps < 1:
             raise ValueError(f"diffusion steps must be >= 1, got {steps}")
+        if parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {PARAMETRIZATIONS}")
         self.steps = steps
         self.cosine_s = cosine_s
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.parametrization = parametrization
+        self.sigma_data = sigma_data
         ab = cosine_alphas_cumprod(steps, cosine_s)
         ab_prev = np.concatenate([[1.0], ab[:-1]])
         betas = 1.0 - ab / ab_prev
@@ -56,6 +80,13 @@ class Diffusion:
         self.posterior_coef_x0 = as_tensor(betas * np.sqrt(ab_prev) / (1.0 - ab))
         self.posterior_coef_xt = as_tensor((1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab))
         self.posterior_var = as_tensor(betas * (1.0 - ab_prev) / (1.0 - ab))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Diffusion":
+        """From a run's ``diffusion`` config (a mapping); runs from before ``parametrization`` existed
+        predicted x0."""
+        return cls(int(cfg.get("steps", 50)), float(cfg.get("cosine_s", 0.008)),
+                   str(cfg.get("parametrization", "x0")), float(cfg.get("sigma_data", 1.0)))
 
     @staticmethod
     def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -74,6 +105,17 @@ class Diffusion:
         t = torch.randint(0, self.steps, (x0.shape[0],), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         return t, self.q_sample(x0, t, noise)
+
+    def denoise(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, prev_motion: torch.Tensor,
+                audio: torch.Tensor, first_window: torch.Tensor, drop_audio: torch.Tensor) -> torch.Tensor:
+        """``x0_hat`` from the network's output (arguments as :meth:`MotionDenoiser.forward`)."""
+        out = model(x_t, t, prev_motion, audio, first_window, drop_audio)
+        if self.parametrization == "x0":
+            return out
+        ab = self._at(self.alphas_cumprod, t, x_t)
+        sd2 = self.sigma_data ** 2
+        denom = (1.0 - ab) + sd2 * ab  # (sigma^2 + sd^2) * ab
+        return (sd2 * ab.sqrt() / denom) * x_t + ((1.0 - ab).sqrt() * self.sigma_data / denom.sqrt()) * out
 
     def timesteps(self, sampler: str, n_steps: int | None) -> list[int]:
         """The decreasing steps a sampler visits."""
@@ -97,9 +139,9 @@ class Diffusion:
         steps = torch.full((batch,), t, dtype=torch.long, device=x_t.device)
         keep = torch.zeros(batch, dtype=torch.bool, device=x_t.device)
         if cfg_scale == 1.0:
-            return model(x_t, steps, prev_motion, audio, first_window, keep)
-        both = model(x_t.repeat(2, 1, 1), steps.repeat(2), prev_motion.repeat(2, 1, 1),
-                     audio.repeat(2, 1, 1), first_window.repeat(2), torch.cat([keep, ~keep]))
+            return self.denoise(model, x_t, steps, prev_motion, audio, first_window, keep)
+        both = self.denoise(model, x_t.repeat(2, 1, 1), steps.repeat(2), prev_motion.repeat(2, 1, 1),
+                            audio.repeat(2, 1, 1), first_window.repeat(2), torch.cat([keep, ~keep]))
         cond, uncond = both[:batch], both[batch:]
         return uncond + cfg_scale * (cond - uncond)
 

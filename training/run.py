@@ -153,7 +153,7 @@ def step_loss(model: torch.nn.Module, diffusion: Diffusion, mb: ModelBatch, weig
     t, x_t = diffusion.training_inputs(mb.x0, generator)
     drop = (torch.rand(mb.x0.shape[0], generator=generator) < drop_prob).to(mb.x0.device)
     with autocast:
-        pred = model(x_t, t, mb.x0[:, :w_pre], mb.audio, mb.first, drop)
+        pred = diffusion.denoise(model, x_t, t, mb.x0[:, :w_pre], mb.audio, mb.first, drop)
     return motion_losses(pred, mb.x0, mb.valid, weights)
 
 
@@ -276,7 +276,7 @@ def build_trainer(cfg: DictConfig, model_cfg: ModelConfig, device: torch.device,
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed + rank)  # dropout differs per rank, like the data
     autocast, needs_scaler = autocast_for(cfg, device)
-    trainer = Trainer(model, model, Diffusion(cfg.diffusion.steps, cfg.diffusion.cosine_s), optimizer,
+    trainer = Trainer(model, model, Diffusion.from_config(cfg.diffusion), optimizer,
                       scheduler, ema, LossWeights.from_dict(to_dict(cfg.loss)), noise, autocast,
                       torch.amp.GradScaler("cuda", enabled=needs_scaler))
     if state is not None:
