@@ -110,6 +110,28 @@ def test_untrained_output_is_zero_and_context_start_tokens_and_audio_matter():
     assert torch.allclose(mixed[1], base[1], atol=1e-6) and not torch.allclose(mixed[0], base[0])
 
 
+def test_input_skip_adds_a_learned_per_step_gain_times_the_noisy_input():
+    """Off: no extra parameter (checkpoints from before it load). On: it starts at zero, so an
+    untrained model is the plain one; its gain depends on the step and the dim, and the result is
+    ``out + gain(t) * x_t``."""
+    plain_cfg, skip_cfg = ModelConfig(**TINY), ModelConfig(**{**TINY, "input_skip": True})
+    assert not hasattr(MotionDenoiser(plain_cfg), "skip_gain")
+    torch.manual_seed(0)
+    plain = MotionDenoiser(plain_cfg).eval()
+    torch.manual_seed(0)
+    skip = MotionDenoiser(skip_cfg).eval()
+    assert n_params(skip_cfg) - n_params(plain_cfg) == (TINY["width"] + 1) * 70
+    x = inputs(skip_cfg)
+    torch.nn.init.normal_(plain.out.weight, std=0.1)
+    skip.load_state_dict({**plain.state_dict(), **{k: v for k, v in skip.state_dict().items() if "skip_gain" in k}})
+    assert torch.equal(skip(**x), plain(**x))
+    torch.nn.init.normal_(skip.skip_gain.weight, std=0.1)
+    step = skip.step_mlp(sinusoidal_encoding(x["t"], skip_cfg.width))[:, None]
+    gain = skip.skip_gain(step)
+    assert torch.allclose(skip(**x), plain(**x) + gain * x["x_t"], atol=1e-6)
+    assert not torch.allclose(gain[0], gain[1])  # the two samples are at different steps
+
+
 def test_each_frame_reads_only_its_own_audio():
     mask = audio_attention_mask(w_pre=2, window=4, radius=0)
     assert mask.shape == (6, 4)
