@@ -15,7 +15,8 @@ one of two ways (``diffusion.parametrization``):
   ``diffusion.sigma_data``. The noisy input, scaled as the best linear estimate of data of std
   ``sd``, passes straight to ``x0_hat``; the network ``F`` predicts what that estimate misses, at
   unit scale at every step. ``sd = 1`` is v-prediction (Salimans & Ho 2022, ``F = -v``). The
-  losses are the same, computed on ``x0_hat``.
+  losses are the same, computed on ``x0_hat``. Not the default: trained 20 minutes on the
+  synthetic world its samples flicker (see :mod:`training.model`, ``input_skip``).
 
 The samplers:
 
@@ -60,10 +61,10 @@ class Diffusion:
             raise ValueError(f"diffusion steps must be >= 1, got {steps}")
         if parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {PARAMETRIZATIONS}")
-        self.steps = steps
-        self.cosine_s = cosine_s
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        self.steps = steps
+        self.cosine_s = cosine_s
         self.parametrization = parametrization
         self.sigma_data = sigma_data
         ab = cosine_alphas_cumprod(steps, cosine_s)

@@ -35,9 +35,11 @@ embedding by one linear layer that starts at zero (an untrained model is the sam
 it the network must carry the noisy input through every layer to its output, and it learns that
 slowly. On the synthetic world of ``bench/learn.py`` the paper model trained 1,221 steps keeps
 0.83x of the motion of an input at step 0 (``--by-step``), so every sample comes out damped. The
-gain gives the input a direct path whose strength training sets per noise level. A fixed gain
-(``diffusion.parametrization=edm``) also passes the noise of middle steps to the output, which the
-network must then learn to cancel.
+gain gives the input a direct path whose strength training sets per noise level. It is off by
+default: trained 20 minutes, its samples kept all 70 dims within 0.5x-2x of the world's std only
+through flicker (motion faster than a 6-frame Gaussian at 5.1x the world's, slower motion at
+0.25x; the plain network: 0.49x and 0.73x). A fixed gain (``diffusion.parametrization=edm``) does
+the same (5.1x and 0.34x).
 """
 from __future__ import annotations
 
