@@ -1,7 +1,8 @@
 """Does ``training.run`` learn to move a face with speech? Train on the synthetic world and measure.
 
-    .venv/bin/python bench/learn.py [--minutes 18] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
+    .venv/bin/python bench/learn.py [--minutes 18 | --paper-steps N] [--skip-paper] [--work DIR] [--out bench/results/learn.json]
     .venv/bin/python bench/learn.py --resample ddpm:50   # the last paper run, another sampler
+    .venv/bin/python bench/learn.py --resample ddim:10 --no-ema   # ... its raw weights
     .venv/bin/python bench/learn.py --by-step            # the last paper run, denoised at each noise level
     .venv/bin/python bench/learn.py --study              # the reduced model: world size x steps
     .venv/bin/python bench/learn.py --pose-study         # pose normalisation x pose loss term
@@ -17,6 +18,9 @@ denormalised 70-dim motion) and measures:
   (null-token) prediction, which must be near 0;
 * no collapse: per-dim temporal std of generated motion over the world's (goal 0.5x-2x), and
   head pose that differs between seeds;
+* no flicker: the same ratio for the fast part of the motion (what a 6-frame Gaussian does not
+  keep, ``training.motion_metrics.band_std``), ``fast_std_ratio`` its median over dims (goal <= 2),
+  and for the slow part;
 * ``boundary_velocity_ratio``: frame-to-frame velocity where sliding windows join over the median
   velocity inside windows, with the cross-fade (and without, ``..._no_blend``);
 * train and validation loss curves read back from the run's TensorBoard log.
@@ -48,6 +52,7 @@ from pipeline.media import media_dir  # noqa: E402
 from shards.vector import ANGLE_DIMS, EXP_DIMS, POSE_DIMS  # noqa: E402
 from tests.synthetic_world import MOUTH_DIMS, World, WorldClip, build_world, world_std  # noqa: E402
 from training.diffusion import window_joins  # noqa: E402
+from training.motion_metrics import BAND_SIGMA, band_std  # noqa: E402
 from training.run import run_from_args  # noqa: E402
 from training.sample import MotionGenerator, load_generator  # noqa: E402
 
@@ -105,6 +110,15 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else 0.0
 
 
+GROUPS = {"expression": EXP_DIMS, "mouth": list(MOUTH_DIMS), "pose": POSE_DIMS}
+
+
+def by_group(ratio: np.ndarray) -> dict[str, dict[str, float]]:
+    """Min, median and max of a per-dim (70,) ratio over each of ``GROUPS``."""
+    return {name: {"min": round(float(ratio[idx].min()), 3), "median": round(float(np.median(ratio[idx])), 3),
+                   "max": round(float(ratio[idx].max()), 3)} for name, idx in GROUPS.items()}
+
+
 def mouth_correlation(generated: list[np.ndarray], clips: list[WorldClip]) -> float:
     """Mean over the lip dims of the correlation, over all held-out frames, with the known mapping."""
     gen = np.concatenate([g[:, list(MOUTH_DIMS)] for g in generated])
@@ -130,9 +144,9 @@ def generate_all(generator: MotionGenerator, clips: list[WorldClip], sample: dic
 
 
 def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
-             scales: tuple[float, ...] = CFG_SCALES, full: bool = True) -> dict[str, Any]:
+             scales: tuple[float, ...] = CFG_SCALES, full: bool = True, use_ema: bool = True) -> dict[str, Any]:
     """Generate held-out motion through training.sample's path and score it against the world."""
-    generator = load_generator(checkpoint)
+    generator = load_generator(checkpoint, use_ema=use_ema)
     clips = world.held_out
     cfg = generator.model.cfg
     result: dict[str, Any] = {"sampler": sample, "held_out_seconds": round(sum(len(c.mouth) for c in clips) / 25, 1)}
@@ -150,13 +164,17 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
     truth_std = world_std(clips)
     gen_std = np.mean([g.std(0) for g in default], axis=0)
     ratio = gen_std / np.maximum(truth_std, 1e-8)
-    groups = {"expression": EXP_DIMS, "mouth": list(MOUTH_DIMS), "pose": POSE_DIMS}
-    result["std_ratio"] = {name: {"min": round(float(ratio[idx].min()), 3),
-                                  "median": round(float(np.median(ratio[idx])), 3),
-                                  "max": round(float(ratio[idx].max()), 3)}
-                           for name, idx in groups.items()}
+    result["std_ratio"] = by_group(ratio)
     result["std_ratio_in_0.5_2"] = round(float(np.mean((ratio >= 0.5) & (ratio <= 2.0))), 3)
     result["std_ratio_per_dim"] = [round(float(r), 3) for r in ratio]
+    # The same ratio for the slow and the fast part of the motion: a total std in range can hide
+    # motion that is too still and flickers at once (the fast part several times the world's).
+    truth_bands = np.mean([band_std(c.vector) for c in clips], axis=0)
+    gen_bands = np.mean([band_std(g) for g in default], axis=0)
+    bands = gen_bands / np.maximum(truth_bands, 1e-8)
+    result["band_std_ratio"] = {"slow": by_group(bands[0]), "fast": by_group(bands[1]),
+                                "sigma_frames": BAND_SIGMA}
+    result["fast_std_ratio"] = round(float(np.median(bands[1])), 3)
     # Does guidance decide how far the pose moves? Its median ratio per scale, 0 the null prediction.
     result["pose_std_ratio_by_cfg_scale"] = {
         str(scale): round(float(np.median((np.mean([g.std(0) for g in motions], axis=0)
@@ -253,15 +271,17 @@ def paper_world(args: argparse.Namespace) -> World:
 
 
 def resample(args: argparse.Namespace) -> int:
-    """The last paper run's checkpoint scored with another sampler (does the sampler, not the
-    model, decide how much the audio-independent motion moves?)."""
+    """The last paper run's checkpoint scored again: with another sampler (does the sampler, not
+    the model, decide how much the audio-independent motion moves?), with its raw weights instead
+    of the EMA ones (``--no-ema``), or with the same sampler by the current measures."""
     sampler, steps = args.resample.split(":")
     sample = {"sampler": sampler, "steps": int(steps)}
     result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args), sample,
-                      scales=(DEFAULT_CFG_SCALE,))
+                      scales=(DEFAULT_CFG_SCALE,), use_ema=not args.no_ema)
     result.pop("examples")
     report = json.loads(args.out.read_text())
-    report["paper"].setdefault("other_samplers", {})[args.resample] = result
+    key = args.resample + (" no-ema" if args.no_ema else "")
+    report["paper"].setdefault("other_samplers", {})[key] = result
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(args.out)
@@ -356,7 +376,7 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any], table: tupl
         rows.append({"train_clips": clips, "extra_overrides": list(extra), "train_minutes": round(minutes, 1),
                      "steps": r["steps"], "train_s": r["train_s"], "mouth_corr": r["mouth_corr"],
                      "null_corr": r["null_corr"], "std_ratio": r["std_ratio"],
-                     "std_ratio_in_0.5_2": r["std_ratio_in_0.5_2"],
+                     "std_ratio_in_0.5_2": r["std_ratio_in_0.5_2"], "fast_std_ratio": r["fast_std_ratio"],
                      "pose_std_ratio_by_cfg_scale": r["pose_std_ratio_by_cfg_scale"],
                      "pose_across_seeds_deg": r["pose_across_seeds"]["mean_abs_diff_deg"],
                      "boundary_velocity_ratio": r["boundary_velocity_ratio"],
@@ -374,6 +394,8 @@ def collapse_study(args: argparse.Namespace, sample: dict[str, Any], table: tupl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=18.0, help="training time for the paper model")
+    parser.add_argument("--paper-steps", type=int, default=None,
+                        help="train the paper model this many steps instead of for --minutes (runs to compare)")
     parser.add_argument("--reduced-steps", type=int, default=400)
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--train-clips", type=int, default=24, help="training clips of the world (10-60 s each)")
@@ -392,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resample", metavar="SAMPLER:STEPS", default=None,
                         help="no training: score the last paper run (in --work) again with another sampler, "
                              "e.g. ddpm:50, added to --out under paper.other_samplers")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="with --resample: the run's raw weights instead of its EMA ones")
     parser.add_argument("--by-step", action="store_true",
                         help="no training: denoise held-out windows once at each noise level with the last "
                              "paper run (in --work), added to --out under paper.by_step")
@@ -412,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"bench": "learn", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                               "goals": {"mouth_corr": ">= 0.8 (paper model), >= 0.6 (reduced, test)",
                                         "null_corr": "|r| <= 0.2", "std_ratio": "0.5x-2x",
+                                        "fast_std_ratio": "<= 2 (no flicker)",
                                         "boundary_velocity_ratio": "<= 1.2"}}
     sample = {"sampler": "ddim", "steps": 10}
     small_world = build_world(args.work / "world32", media_dir(), feature_dim=32, n_train=args.train_clips, n_val=3,
@@ -420,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                                     None, sample, args.out.with_suffix(""))
     if not args.skip_paper:
         world = paper_world(args)
-        report["paper"] = run_variant("paper", world, args.work, PAPER + args.set, 100_000, args.minutes * 60,
+        steps, seconds = (args.paper_steps, None) if args.paper_steps else (100_000, args.minutes * 60)
+        report["paper"] = run_variant("paper", world, args.work, PAPER + args.set, steps, seconds,
                                       sample, args.out.with_suffix(""))
         headline = report["paper"]
     else:

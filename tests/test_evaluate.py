@@ -9,7 +9,7 @@ from shards.vector import motion_to_vector
 from tests.test_sample import random_model, write_checkpoint
 from training.evaluate import main
 from training.model import ModelConfig
-from training.motion_metrics import GROUPS, diversity, dynamics, group_l2
+from training.motion_metrics import GROUPS, band_std, diversity, dynamics, group_l2
 from training.sample import EXIT_BAD_INPUT, load_generator
 
 TINY = ModelConfig(audio_dim=16, width=48, layers=2, heads=4, w_pre=5, w_cur=20, dropout=0.0)
@@ -84,6 +84,20 @@ def test_metrics_on_known_sequences():
     assert diversity([gen, real])["angles"] == pytest.approx(3.0)
     assert np.isnan(diversity([gen])["angles"])
     assert set(GROUPS) >= {"expression", "lip", "pose"}
+
+
+def test_band_std_puts_slow_motion_and_jitter_apart():
+    t = np.arange(500, dtype=np.float64)
+    slow = np.sin(2 * np.pi * t / 200)                       # an 8 s sway: std 0.71
+    jitter = 0.1 * np.random.default_rng(0).normal(size=500)  # frame-to-frame noise: std 0.1
+    seq = np.zeros((500, 70))
+    seq[:, 0], seq[:, 1], seq[:, 2] = slow, jitter, slow + jitter
+    slow_std, fast_std = band_std(seq)
+    assert slow_std[0] == pytest.approx(slow.std(), rel=0.03) and fast_std[0] < 0.03
+    assert fast_std[1] == pytest.approx(0.1, rel=0.1) and slow_std[1] < 0.03
+    assert slow_std[2] == pytest.approx(slow_std[0], rel=0.05)
+    assert fast_std[2] == pytest.approx(fast_std[1], rel=0.05)
+    assert slow_std[3] == fast_std[3] == 0.0
 
 
 def test_bad_inputs_exit_2(dataset, tmp_path, capsys):

@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from shards.vector import (
     ANGLE_DIMS,
@@ -49,6 +50,24 @@ def _check(seq: np.ndarray) -> np.ndarray:
     if seq.ndim != 2 or seq.shape[1] != VECTOR_DIM:
         raise ValueError(f"expected a (T, {VECTOR_DIM}) motion sequence, got {seq.shape}")
     return seq
+
+
+# Frames of the Gaussian that splits motion into slow and fast parts: a blink (about 5 frames) and
+# frame-to-frame jitter fall in the fast part, head turns and speech-envelope mouth motion in the slow.
+BAND_SIGMA = 6.0
+
+
+def band_std(seq: np.ndarray, sigma: float = BAND_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dim temporal std of the slow part (Gaussian-smoothed over ``sigma`` frames) and of the
+    fast part (the rest), each (70,).
+
+    Total std alone cannot tell motion that moves like the real one from motion that is too still
+    and jittery at once: both can match it. Generated motion that flickers shows a fast part several
+    times the real one's; motion that is oversmoothed, a fast part well under it.
+    """
+    seq = _check(seq)
+    slow = gaussian_filter1d(seq, sigma, axis=0, mode="nearest")
+    return slow.std(0), (seq - slow).std(0)
 
 
 def group_l2(generated: np.ndarray, real: np.ndarray) -> dict[str, float]:
