@@ -24,6 +24,16 @@ def test_cosine_schedule_matches_its_definition():
     assert torch.allclose(x_t[1], noise[1], atol=0.05)  # the last step is almost pure noise
 
 
+def test_shifted_schedule_divides_every_step_s_snr_by_shift_squared():
+    plain, shifted = Diffusion(50), Diffusion.from_config({"steps": 50, "shift": 4.0})
+    snr = lambda ab: ab[:-1] / (1 - ab[:-1])  # noqa: E731  (the last step: zero signal in both)
+    assert torch.allclose(snr(shifted.alphas_cumprod), snr(plain.alphas_cumprod) / 16, rtol=1e-4)
+    assert float(shifted.alphas_cumprod[-1]) < 1e-6 and Diffusion.from_config({"steps": 50}).shift == 1.0
+    assert torch.allclose(shifted.alphas_cumprod_prev[1:], shifted.alphas_cumprod[:-1])
+    with pytest.raises(ValueError, match="shift"):
+        Diffusion(50, shift=0.0)
+
+
 def test_timesteps_per_sampler():
     d = Diffusion(50)
     assert d.timesteps("ddpm", None) == list(range(49, -1, -1))

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from training.model import ModelConfig, MotionDenoiser, audio_attention_mask, sinusoidal_encoding
+from training.model import (ModelConfig, MotionDenoiser, audio_attention_mask, sinusoidal_encoding,
+                            smooth_frames)
 
 TINY = dict(audio_dim=16, width=64, layers=2, heads=4, w_pre=5, w_cur=20, dropout=0.0)
 
@@ -130,6 +131,29 @@ def test_input_skip_adds_a_learned_per_step_gain_times_the_noisy_input():
     gain = skip.skip_gain(step)
     assert torch.allclose(skip(**x), plain(**x) + gain * x["x_t"], atol=1e-6)
     assert not torch.allclose(gain[0], gain[1])  # the two samples are at different steps
+    with pytest.raises(ValueError, match="input_skip_sigma"):
+        ModelConfig(**{**TINY, "input_skip_sigma": 3.0})  # without input_skip it would do nothing
+    smooth = MotionDenoiser(ModelConfig(**{**TINY, "input_skip": True, "input_skip_sigma": 3.0})).eval()
+    smooth.load_state_dict(skip.state_dict())
+    assert torch.allclose(smooth(**x), plain(**x) + gain * smooth_frames(x["x_t"], 3.0), atol=1e-6)
+
+
+def test_smooth_frames_is_a_gaussian_renormalised_at_the_ends():
+    """Interior frames: the Gaussian's own weights; ends: the weights of the frames there are,
+    summing to one; so constants pass unchanged and white noise is averaged everywhere."""
+    sigma, radius = 2.0, 6
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
+    impulse = torch.zeros(1, 40, 1)
+    impulse[0, 20] = 1.0
+    assert torch.allclose(smooth_frames(impulse, sigma)[0, 14:27, 0], taps / taps.sum(), atol=1e-6)
+    at_end = torch.zeros(1, 40, 1)
+    at_end[0, 0] = 1.0
+    assert smooth_frames(at_end, sigma)[0, 0, 0] == pytest.approx(1 / taps[radius:].sum().item(), rel=1e-5)
+    assert torch.allclose(smooth_frames(torch.full((2, 40, 3), 0.7), sigma), torch.full((2, 40, 3), 0.7))
+    noise = smooth_frames(torch.randn(4000, 40, 1, generator=torch.Generator().manual_seed(0)), sigma)
+    assert noise[:, 20].std().item() == pytest.approx(((taps ** 2).sum().sqrt() / taps.sum()).item(), rel=0.05)
+    half = taps[radius:]  # at an end: 0.50 of the noise left (repeating the end frame: 0.64)
+    assert noise[:, 0].std().item() == pytest.approx(((half ** 2).sum().sqrt() / half.sum()).item(), rel=0.05)
 
 
 def test_each_frame_reads_only_its_own_audio():

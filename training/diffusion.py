@@ -1,7 +1,11 @@
 """Gaussian diffusion over motion windows: cosine schedule, x0 prediction, DDPM/DDIM sampling, CFG.
 
 The schedule is the cosine one of Nichol & Dhariwal (s = 0.008) with 50 steps, as the public JoyVASA
-code trains; step 0 is the least noisy. Training and both samplers work with the predicted clean
+code trains; step 0 is the least noisy. ``diffusion.shift`` divides every step's signal-to-noise
+ratio by its square (Hoogeboom et al. 2023), moving training and sampling towards noisier steps
+(> 1) or cleaner ones (< 1); 1, the default, is the plain schedule. On the synthetic world of
+``bench/learn.py`` the reduced model's samples move more after 400 steps with 0.25-0.5 and less
+with 2-8, and after 1,600 steps 0.25-1 no longer differ (``learn_reduced_bands.json``). Training and both samplers work with the predicted clean
 sample ``x0_hat`` (paper §3.3.2), which :meth:`Diffusion.denoise` reads from the network's output in
 one of two ways (``diffusion.parametrization``):
 
@@ -44,30 +48,36 @@ SAMPLERS = ("ddpm", "ddim")
 PARAMETRIZATIONS = ("x0", "edm")
 
 
-def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> np.ndarray:
-    """alpha-bar_t for t = 0..steps-1 from the cosine schedule (betas clipped at 0.999)."""
+def cosine_alphas_cumprod(steps: int, s: float = 0.008, shift: float = 1.0) -> np.ndarray:
+    """alpha-bar_t for t = 0..steps-1 from the cosine schedule (betas clipped at 0.999), its
+    signal-to-noise ratio ``ab / (1 - ab)`` divided by ``shift ** 2`` at every step (the shifted
+    cosine schedule of Hoogeboom et al. 2023; 1: the plain one)."""
     grid = np.arange(steps + 1, dtype=np.float64) / steps
     f = np.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
     betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
-    return np.cumprod(1.0 - betas)
+    ab = np.cumprod(1.0 - betas)
+    return ab / (ab + shift ** 2 * (1.0 - ab))
 
 
 class Diffusion:
     """The forward process, its posterior and the two samplers; holds no learned state."""
 
     def __init__(self, steps: int = 50, cosine_s: float = 0.008, parametrization: str = "x0",
-                 sigma_data: float = 1.0):
+                 sigma_data: float = 1.0, shift: float = 1.0):
         if steps < 1:
             raise ValueError(f"diffusion steps must be >= 1, got {steps}")
         if parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {PARAMETRIZATIONS}")
         if not sigma_data > 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
+        if not shift > 0:
+            raise ValueError(f"schedule shift must be > 0, got {shift}")
         self.steps = steps
         self.cosine_s = cosine_s
         self.parametrization = parametrization
         self.sigma_data = sigma_data
-        ab = cosine_alphas_cumprod(steps, cosine_s)
+        self.shift = shift
+        ab = cosine_alphas_cumprod(steps, cosine_s, shift)
         ab_prev = np.concatenate([[1.0], ab[:-1]])
         betas = 1.0 - ab / ab_prev
 
@@ -87,7 +97,8 @@ class Diffusion:
         """From a run's ``diffusion`` config (a mapping); runs from before ``parametrization`` existed
         predicted x0."""
         return cls(int(cfg.get("steps", 50)), float(cfg.get("cosine_s", 0.008)),
-                   str(cfg.get("parametrization", "x0")), float(cfg.get("sigma_data", 1.0)))
+                   str(cfg.get("parametrization", "x0")), float(cfg.get("sigma_data", 1.0)),
+                   float(cfg.get("shift", 1.0)))
 
     @staticmethod
     def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
