@@ -5,9 +5,11 @@ code trains; step 0 is the least noisy. ``diffusion.shift`` divides every step's
 ratio by its square (Hoogeboom et al. 2023), moving training and sampling towards noisier steps
 (> 1) or cleaner ones (< 1); 1, the default, is the plain schedule. On the synthetic world of
 ``bench/learn.py`` the reduced model's samples move more after 400 steps with 0.25-0.5 and less
-with 2-8, and after 1,600 steps 0.25-1 no longer differ (``learn_reduced_bands.json``). Training and both samplers work with the predicted clean
-sample ``x0_hat`` (paper §3.3.2), which :meth:`Diffusion.denoise` reads from the network's output in
-one of two ways (``diffusion.parametrization``):
+with 2-8, and after 1,600 steps 0.25-1 no longer differ (``learn_reduced_bands.json``).
+
+Training and both samplers work with the predicted clean sample ``x0_hat`` (paper §3.3.2), which
+:meth:`Diffusion.denoise` reads from the network's output in one of two ways
+(``diffusion.parametrization``):
 
 * ``x0``: the output is ``x0_hat`` itself, as the paper and the public code have it. The network
   must then carry the noisy input through every layer to the output, and where the input is

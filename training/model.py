@@ -294,5 +294,6 @@ class MotionDenoiser(nn.Module):
         hidden = self.decoder(tokens, memory, self.memory_mask, rows)
         x0 = self.out(hidden[:, cfg.w_pre:])
         if cfg.input_skip:
-            x0 = x0 + self.skip_gain(step) * (smooth_frames(x_t, cfg.input_skip_sigma) if cfg.input_skip_sigma else x_t)
+            skipped = smooth_frames(x_t, cfg.input_skip_sigma) if cfg.input_skip_sigma else x_t
+            x0 = x0 + self.skip_gain(step) * skipped
         return x0
