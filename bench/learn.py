@@ -298,7 +298,14 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     tmp.replace(out)
 
 
-def paper_world(args: argparse.Namespace) -> World:
+def paper_world(args: argparse.Namespace, report: dict[str, Any] | None = None) -> World:
+    """The paper model's world. Scoring a finished run (``report`` its results) needs the world it
+    trained on: the held-out clips are drawn after the training clips, so another
+    ``--train-clips`` would silently score other clips."""
+    trained = (report or {}).get("paper", {}).get("train_clips", args.train_clips)
+    if trained != args.train_clips:
+        raise SystemExit(f"{args.out} was trained on a world of {trained} training clips; "
+                         f"pass --train-clips {trained} (got {args.train_clips})")
     return build_world(args.work / "world768", media_dir(), feature_dim=768, n_train=args.train_clips, n_val=3,
                        n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
 
@@ -309,10 +316,10 @@ def resample(args: argparse.Namespace) -> int:
     of the EMA ones (``--no-ema``), or with the same sampler by the current measures."""
     sampler, steps = args.resample.split(":")
     sample = {"sampler": sampler, "steps": int(steps)}
-    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args), sample,
+    report = json.loads(args.out.read_text())
+    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args, report), sample,
                       scales=(DEFAULT_CFG_SCALE,), use_ema=not args.no_ema)
     result.pop("examples")
-    report = json.loads(args.out.read_text())
     key = args.resample + (" no-ema" if args.no_ema else "")
     report["paper"].setdefault("other_samplers", {})[key] = result
     write_report(report, args.out)
@@ -325,7 +332,8 @@ def rescore(args: argparse.Namespace) -> int:
     the evaluation figures of ``paper`` in --out and the headline are replaced, the training
     figures (steps, times, loss curves, plots) and every other key kept."""
     report = json.loads(args.out.read_text())
-    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args), report["paper"]["sampler"])
+    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args, report),
+                      report["paper"]["sampler"])
     result.pop("examples")
     report["paper"].update(result)
     report["paper"]["rescored"] = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -358,7 +366,8 @@ def by_step(args: argparse.Namespace) -> int:
     generator = load_generator(args.work / "run_paper" / "checkpoint.pt")
     cfg, norm = generator.model.cfg, generator.normalizer
     windows, audio = [], []
-    for clip in paper_world(args).held_out:
+    report = json.loads(args.out.read_text())
+    for clip in paper_world(args, report).held_out:
         motion, feats = norm.normalize(clip.vector), norm.normalize_audio(clip.features)
         for start in range(cfg.w_pre, len(motion) - cfg.w_cur, cfg.w_cur):
             windows.append(motion[start - cfg.w_pre:start + cfg.w_cur])
@@ -382,7 +391,6 @@ def by_step(args: argparse.Namespace) -> int:
                      "free_expression_corr": round(free_corr(pred[:, cfg.w_pre:].numpy(), true.numpy()), 3),
                      "smoothed_input_corr": round(free_corr(smoothed, true.numpy()), 3)})
         print(json.dumps(rows[-1]), flush=True)
-    report = json.loads(args.out.read_text())
     report["paper"]["by_step"] = {"windows": n, "parametrization": generator.diffusion.parametrization,
                                   "input_skip": cfg.input_skip, "input_skip_sigma": cfg.input_skip_sigma,
                                   "rows": rows}
@@ -509,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         steps, seconds = (args.paper_steps, None) if args.paper_steps else (100_000, args.minutes * 60)
         report["paper"] = run_variant("paper", world, args.work, PAPER + args.set, steps, seconds,
                                       sample, args.out.with_suffix(""))
+        report["paper"]["train_clips"] = args.train_clips
         headline = report["paper"]
     else:
         headline = report["reduced"]
