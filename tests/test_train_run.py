@@ -9,7 +9,7 @@ from training.data import FeatureWidthError
 from training.diffusion import generate
 from training.model import ModelConfig, MotionDenoiser
 from training.normalize import StatsError
-from training.run import lr_factor, main, run_from_args
+from training.run import lr_factor, main, run_from_args, validation_steps
 from tests.motion_fixtures import fixture_clips, write_dataset
 
 TINY = ["model.audio_dim=16", "model.width=64", "model.layers=2", "model.heads=4", "model.w_pre=5",
@@ -234,3 +234,13 @@ def test_bad_optimiser_name_exits_2(shards, tmp_path, capsys):
     argv = ["--shards", str(shards), "--out", str(tmp_path / "r")] + TINY + ["optim.name=lion"]
     assert main(argv) == 2
     assert "optim.name" in capsys.readouterr().err
+
+
+def test_validation_steps_cover_the_schedule_evenly_in_a_fixed_shuffle():
+    steps = validation_steps(20, 50, torch.Generator().manual_seed(0))
+    assert sorted(steps.tolist()) == [int((i + 0.5) * 2.5) for i in range(20)]  # 1, 3, 6, ... 48
+    again = validation_steps(20, 50, torch.Generator().manual_seed(0))
+    assert torch.equal(steps, again) and not torch.equal(steps, steps.sort().values)
+    # more windows than steps: every step is scored, each as often as the others
+    counts = torch.bincount(validation_steps(200, 50, torch.Generator().manual_seed(1)), minlength=50)
+    assert counts.min() == counts.max() == 4
