@@ -203,8 +203,7 @@ def evaluate(checkpoint: Path, world: World, sample: dict[str, Any],
     result["fast_std_ratio"] = round(float(np.median(bands[1])), 3)
     # Does guidance decide how far the pose moves? Its median ratio per scale, 0 the null prediction.
     result["pose_std_ratio_by_cfg_scale"] = {
-        str(scale): round(float(np.median((np.mean([g.std(0) for g in motions], axis=0)
-                                           / np.maximum(truth_std, 1e-8))[POSE_DIMS])), 3)
+        str(scale): round(float(np.median(std_ratio([motions], truth_std)[POSE_DIMS])), 3)
         for scale, motions in {0.0: null, **by_scale}.items()}
 
     other_seed = by_seed[1]
@@ -310,20 +309,26 @@ def paper_world(args: argparse.Namespace, report: dict[str, Any] | None = None) 
                        n_held_out=args.paper_held_out, seconds=(10.0, 60.0))
 
 
+def score_last_run(args: argparse.Namespace, report: dict[str, Any], sample: dict[str, Any],
+                   **options: Any) -> dict[str, Any]:
+    """The last paper run's checkpoint (in --work) evaluated on its world, without the examples."""
+    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args, report), sample, **options)
+    result.pop("examples")
+    print(json.dumps({k: v for k, v in result.items() if k != "std_ratio_per_dim"}, indent=1))
+    return result
+
+
 def resample(args: argparse.Namespace) -> int:
     """The last paper run's checkpoint scored again: with another sampler (does the sampler, not
-    the model, decide how much the audio-independent motion moves?), with its raw weights instead
-    of the EMA ones (``--no-ema``), or with the same sampler by the current measures."""
+    the model, decide how much the audio-independent motion moves?) or with its raw weights
+    instead of the EMA ones (``--no-ema``); added under ``paper.other_samplers``."""
     sampler, steps = args.resample.split(":")
-    sample = {"sampler": sampler, "steps": int(steps)}
     report = json.loads(args.out.read_text())
-    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args, report), sample,
-                      scales=(DEFAULT_CFG_SCALE,), use_ema=not args.no_ema)
-    result.pop("examples")
+    result = score_last_run(args, report, {"sampler": sampler, "steps": int(steps)},
+                            scales=(DEFAULT_CFG_SCALE,), use_ema=not args.no_ema)
     key = args.resample + (" no-ema" if args.no_ema else "")
     report["paper"].setdefault("other_samplers", {})[key] = result
     write_report(report, args.out)
-    print(json.dumps({k: v for k, v in result.items() if k != "std_ratio_per_dim"}, indent=1))
     return 0
 
 
@@ -332,14 +337,11 @@ def rescore(args: argparse.Namespace) -> int:
     the evaluation figures of ``paper`` in --out and the headline are replaced, the training
     figures (steps, times, loss curves, plots) and every other key kept."""
     report = json.loads(args.out.read_text())
-    result = evaluate(args.work / "run_paper" / "checkpoint.pt", paper_world(args, report),
-                      report["paper"]["sampler"])
-    result.pop("examples")
+    result = score_last_run(args, report, report["paper"]["sampler"])
     report["paper"].update(result)
     report["paper"]["rescored"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     report.update({key: result[key] for key in HEADLINE})
     write_report(report, args.out)
-    print(json.dumps({k: v for k, v in result.items() if k != "std_ratio_per_dim"}, indent=1))
     return 0
 
 

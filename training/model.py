@@ -38,7 +38,7 @@ slowly. On the synthetic world of ``bench/learn.py`` the paper model trained 1,2
 gain gives the input a direct path whose strength training sets per noise level. It is off by
 default: trained 20 minutes, its samples kept all 70 dims within 0.5x-2x of the world's std only
 through flicker (motion faster than a 6-frame Gaussian at 5.1x the world's, slower motion at
-0.25x; the plain network: 0.49x and 0.73x). A fixed gain (``diffusion.parametrization=edm``) does
+0.26x; the plain network: 0.50x and 0.78x). A fixed gain (``diffusion.parametrization=edm``) does
 the same (5.1x and 0.34x). Denoising held-out windows once per noise level shows why: the network
 behind the gain learns the easy low-noise steps and little else; from the middle of the schedule
 on its prediction correlates with the truth less than the noisy input smoothed over 6 frames does
@@ -49,8 +49,9 @@ With ``input_skip_sigma`` the gain multiplies the noisy input smoothed along tim
 that many frames (:func:`smooth_frames`), so the slow motion the input holds passes while most of
 its frame-to-frame noise does not. On the reduced model of the test suite (400 steps) sigma 6 keeps
 94% of the dims within 0.5x-2x (14% plain, the fast part at 1.3x); on the paper model after 1,221
-steps it does not beat the plain network (59 of 70 dims against 69, slow expression motion 0.54x
-against 0.74x, no flicker: fast part 0.72x), so it is off by default too.
+steps it does not beat the plain network (both keep all 70 dims within 0.5x-2x, but its expression
+dims sit lower, median 0.59x against 0.77x; slow expression motion 0.56x against 0.78x; no flicker:
+fast part 0.72x), so it is off by default too.
 """
 from __future__ import annotations
 
