@@ -35,10 +35,11 @@ RESULTS = ROOT / "bench" / "results"
 REPEATS = 2
 
 
-def inputs(n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A source feature volume and per-frame keypoints near it (what W sees for a talking head)."""
+def inputs(n: int, device: str, side: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A source feature volume and per-frame keypoints near it (what W sees for a talking head);
+    ``side`` 64 is the real 512x512 frame, smaller sides are for quick code-path checks."""
     gen = torch.Generator().manual_seed(0)
-    feature = torch.randn(1, 32, 16, 64, 64, generator=gen).expand(n, -1, -1, -1, -1).contiguous()
+    feature = torch.randn(1, 32, 16, side, side, generator=gen).expand(n, -1, -1, -1, -1).contiguous()
     x_s = (torch.rand(1, 21, 3, generator=gen) * 1.2 - 0.6).expand(n, -1, -1).contiguous()
     x_d = x_s + 0.05 * torch.randn(n, 21, 3, generator=gen)
     return feature.to(device), x_d.to(device), x_s.to(device)

@@ -157,11 +157,11 @@ class RawAudioEncoder(torch.nn.Module):
     ``trained_layers=False`` is the paper's description (a frozen encoder, forward only).
     """
 
-    def __init__(self, trained_layers: bool):
+    def __init__(self, trained_layers: bool, config=None):
         super().__init__()
         from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-        self.encoder = Wav2Vec2Model(Wav2Vec2Config())  # base: 12 layers, 768 wide
+        self.encoder = Wav2Vec2Model(config or Wav2Vec2Config())  # default base: 12 layers, 768 wide
         self.trained_layers = trained_layers
         for name, p in self.encoder.named_parameters():
             trained = trained_layers and name.startswith("encoder.layers.") and int(name.split(".")[2]) >= 2
@@ -236,12 +236,14 @@ class ModelStep:
     """One optimiser step of the denoiser alone on fixed random windows (no loader), one variant.
 
     ``encoder``: raw audio is re-encoded inside the step (the public code's baseline);
-    ``fused``: the optimiser's ``optim.fused`` (auto: torch's fused kernels on CPU and CUDA).
+    ``fused``: the optimiser's ``optim.fused`` (auto: torch's fused kernels on CPU and CUDA);
+    ``compile_backend``: torch.compile's backend with ``compile_model`` (``aot_eager`` traces
+    forward and backward without generating kernels: the code path, cheaply, on a CPU).
     """
 
     def __init__(self, model_cfg: ModelConfig, device: str, single_key: bool, precision: str,
                  fused: bool | str = "auto", compile_model: bool = False, torch_dropout: bool = False,
-                 encoder: RawAudioEncoder | None = None):
+                 encoder: RawAudioEncoder | None = None, batch: int = BATCH, compile_backend: str = "inductor"):
         torch.manual_seed(0)
         self.device = torch.device(device)
         self.model = MotionDenoiser(model_cfg).to(self.device).train()
@@ -252,16 +254,17 @@ class ModelStep:
                                     "train.cpu_autocast=true"])
         self.optimizer = make_optimizer(self.trained, cfg, self.device)
         self.autocast, _ = autocast_for(cfg, self.device)
-        self.call = torch.compile(self.model) if compile_model else self.model
+        self.call = torch.compile(self.model, backend=compile_backend) if compile_model else self.model
         self.diffusion, self.weights = Diffusion(), LossWeights()
         self.generator = torch.Generator().manual_seed(0)
         g = torch.Generator().manual_seed(1)
         w = model_cfg.window
-        x0 = torch.randn(BATCH, w, model_cfg.motion_dim, generator=g).to(self.device)
-        self.mb = ModelBatch(x0=x0, audio=torch.randn(BATCH, w, model_cfg.audio_dim, generator=g).to(self.device),
-                             valid=torch.ones(BATCH, w, dtype=torch.bool, device=self.device),
-                             first=torch.zeros(BATCH, dtype=torch.bool, device=self.device))
-        self.raw_audio = (0.1 * torch.randn(BATCH, w * SAMPLES_PER_FRAME, generator=g)).to(self.device)
+        x0 = torch.randn(batch, w, model_cfg.motion_dim, generator=g).to(self.device)
+        self.mb = ModelBatch(x0=x0, audio=torch.randn(batch, w, model_cfg.audio_dim, generator=g).to(self.device),
+                             valid=torch.ones(batch, w, dtype=torch.bool, device=self.device),
+                             first=torch.zeros(batch, dtype=torch.bool, device=self.device))
+        self.raw_audio = (0.1 * torch.randn(batch, w * SAMPLES_PER_FRAME, generator=g)).to(self.device)
+        self.batch = batch
         self.w_pre, self.window = model_cfg.w_pre, w
         self.kernels = cpu_dropout.torch_kernels if torch_dropout else contextlib.nullcontext
         self.times: list[float] = []
@@ -287,7 +290,7 @@ class ModelStep:
     def result(self) -> dict:
         seconds = min(self.times)
         return {"step_s_best": round(seconds, 4), "step_s_median": round(float(np.median(self.times)), 4),
-                "windows_per_s": round(BATCH / seconds, 2)}
+                "windows_per_s": round(self.batch / seconds, 2)}
 
 
 def step_flops(model_cfg: ModelConfig) -> int:

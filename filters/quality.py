@@ -31,14 +31,16 @@ class QualityScorer:
     """Score a clip: ``n_frames`` evenly sampled frames through a pyiqa metric, then ``aggregate``."""
 
     def __init__(self, metric: str = "qalign", n_frames: int = 8, aggregate: str = "mean",
-                 device: str | torch.device | None = None, batch_size: int | None = None):
+                 device: str | torch.device | None = None, batch_size: int | None = None,
+                 random_qalign: str | None = None, seed: int = 0):
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
         self.n_frames = int(n_frames)
         self.aggregate = aggregate
-        self.model = IqaModel(metric, device, batch_size=batch_size or self.n_frames)
+        self.model = IqaModel(metric, device, batch_size=batch_size or self.n_frames,
+                              random_qalign=random_qalign, seed=seed)
         self.metric_name, self.device = metric, self.model.device
         self.lower_better, self.score_range = self.model.lower_better, self.model.score_range
         self.weight_id = self.model.weight_id

@@ -57,6 +57,11 @@ def create_metric(metric: str, device: str | torch.device):
     """``pyiqa.create_metric(metric, as_loss=False, device=device)``, with clear errors."""
     import pyiqa
 
+    from models.qalign_random import add_missing_mask_helper
+
+    if metric in ONE_IMAGE_METRICS:
+        add_missing_mask_helper()
+
     available = pyiqa.list_models(metric_mode="NR")
     if metric not in available:
         raise ValueError(f"{metric!r} is not a pyiqa no-reference metric; choose one of {', '.join(available)}")
@@ -75,17 +80,29 @@ def create_metric(metric: str, device: str | torch.device):
 
 
 class IqaModel:
-    """A pyiqa no-reference metric on a device, scoring (N, H, W, 3) uint8 RGB frames in batches."""
+    """A pyiqa no-reference metric on a device, scoring (N, H, W, 3) uint8 RGB frames in batches.
+
+    ``random_qalign``: for ``qalign``, random weights of its architecture at that size
+    (``models.qalign_random``: ``full`` or ``tiny``) instead of the hub's 16 GB; speed runs only.
+    """
 
     def __init__(self, metric: str = "qalign", device: str | torch.device | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, random_qalign: str | None = None, seed: int = 0):
         self.metric_name = metric
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.metric = create_metric(metric, self.device)
+        if random_qalign is not None and metric != "qalign":
+            raise ValueError(f"random weights are built for pyiqa's 'qalign' only, not {metric!r}")
+        if random_qalign is not None:
+            from models.qalign_random import build_qalign_metric
+
+            self.metric = build_qalign_metric(random_qalign, self.device, seed)
+        else:
+            self.metric = create_metric(metric, self.device)
         self.lower_better = bool(self.metric.lower_better)
         self.score_range = self.metric.score_range
         self.batch_size = 1 if metric in ONE_IMAGE_METRICS else int(batch_size)
-        self.weight_id = f"pyiqa-{_pyiqa_version()}:{metric}"
+        self.weight_id = f"pyiqa-{_pyiqa_version()}:{metric}" + \
+            (f":random:{random_qalign}:seed{seed}" if random_qalign is not None else "")
 
     @torch.inference_mode()
     def frame_scores(self, frames: np.ndarray) -> np.ndarray:

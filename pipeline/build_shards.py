@@ -112,7 +112,7 @@ def required_weights(cfg: DictConfig) -> list[str]:
             names.append(str(models.audio_encoder.name))
     if cfg.faces.backend == "insightface":
         names += ["insightface_det_10g", "insightface_2d106det"]
-    if cfg.filters.quality.metric == "qalign":
+    if cfg.filters.quality.metric == "qalign" and not cfg.weights.random:
         names.append("qalign_one_align")
     return names
 
@@ -123,6 +123,8 @@ def check_weights(cfg: DictConfig) -> None:
     if cfg.weights.random:
         for name in ("liveportrait_motion_extractor", "syncnet_v2", str(cfg.models.audio_encoder.name)):
             warn_random(name)
+        if cfg.filters.quality.metric == "qalign":
+            warn_random(f"qalign_one_align ({cfg.models.quality.random_config} size)")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -400,8 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingWeightsError as exc:
         log.error("%s", exc)
         if "qalign_one_align" in exc.names:
-            log.error("Q-Align has no random-weights mode: fetch it, or score quality with an offline "
-                      "pyiqa metric, e.g. filters.quality.metric=piqe filters.quality.threshold=60")
+            log.error("fetch Q-Align, or score quality with an offline pyiqa metric, e.g. "
+                      "filters.quality.metric=piqe filters.quality.threshold=60 (--random-weights builds "
+                      "Q-Align's architecture with random weights: speed runs only)")
         return 2
     except (SizingError, RayAddressError) as exc:
         log.error("%s", exc)

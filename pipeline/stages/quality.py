@@ -20,8 +20,13 @@ class QualityStage(Filter):
         super().__init__(cfg)
         opts = self.settings("quality")
         self.metric = str(opts["metric"])
+        # Q-Align is the one pyiqa metric with weights built here at random (weights.random); the
+        # others either need none or fetch their own.
+        random_qalign = str(cfg["models"]["quality"]["random_config"]) \
+            if cfg["weights"]["random"] and self.metric == "qalign" else None
         self.scorer = QualityScorer(metric=self.metric, n_frames=int(opts["n_frames"]),
-                                    aggregate=str(opts["aggregate"]), device=device_for(cfg))
+                                    aggregate=str(opts["aggregate"]), device=device_for(cfg),
+                                    random_qalign=random_qalign, seed=int(cfg["weights"]["seed"]))
         self.lower_better = self.scorer.lower_better
         self.threshold = float(opts["threshold"])
 
