@@ -142,18 +142,24 @@ def trainer(sizes: Sizes, deadline: float, save: Save) -> dict:
                 step()
             block[variant] = {**step.result(), "steps_timed": len(step.times), "warm_up_s": round(warm_up_s, 2),
                               "phases_s": phase_seconds(step)}
+            out["summary"] = trainer_summary(out)
             save(out)
             del step
             if device == "cuda":
                 torch.cuda.empty_cache()
-    paper = {k: v for k, v in out["paper"].items() if isinstance(v, dict) and "windows_per_s" in v}
-    best = max(paper, key=lambda k: paper[k]["windows_per_s"])
-    public_step = out["public_trainer"]["public_code_wav2vec2_fp32"]["windows_per_s"]
-    out["summary"] = {"paper_best_variant": best, "paper_best_windows_per_s": paper[best]["windows_per_s"],
-                      "public_step_windows_per_s": public_step,
-                      "paper_best_over_public_step": round(paper[best]["windows_per_s"] / public_step, 2),
-                      "paper_best_bound_by": max(paper[best]["phases_s"], key=paper[best]["phases_s"].get)}
     return out
+
+
+def trainer_summary(out: dict) -> dict:
+    """The fastest variant at the paper's configuration, its ratio to the public step and its
+    largest phase, from what is measured so far (None where a figure is missing yet)."""
+    paper = {k: v for k, v in out.get("paper", {}).items() if isinstance(v, dict) and "windows_per_s" in v}
+    best = max(paper, key=lambda k: paper[k]["windows_per_s"]) if paper else None
+    public = out.get("public_trainer", {}).get("public_code_wav2vec2_fp32", {}).get("windows_per_s")
+    best_wps = paper[best]["windows_per_s"] if best else None
+    return {"paper_best_variant": best, "paper_best_windows_per_s": best_wps, "public_step_windows_per_s": public,
+            "paper_best_over_public_step": round(best_wps / public, 2) if best and public else None,
+            "paper_best_bound_by": max(paper[best]["phases_s"], key=paper[best]["phases_s"].get) if best else None}
 
 
 # ----------------------------------------------------------------------------- renderer
@@ -277,17 +283,6 @@ class GpuBusy:
                 "gpu_busy_error": self.error}
 
 
-def qalign_parameters(size: str) -> int:
-    """Parameters of the Q-Align the job's model actor builds, counted on the meta device (no memory)."""
-    from models import qalign_random
-
-    config = qalign_random._config(size)
-    with torch.device("meta"):
-        model = qalign_random._language_model_class()(config, qalign_random.prompt_tokenizer(),
-                                                      qalign_random.image_processor(config))
-    return sum(p.numel() for p in model.parameters())
-
-
 def bounding(run: dict) -> dict:
     """The busier actor pool (mean busy fraction) and, inside it, the stage with the most seconds."""
     from pipeline.stages import GROUPS
@@ -308,10 +303,10 @@ def job(sizes: Sizes, deadline: float, save: Save) -> dict:
     the job's own sizing on every core and the GPU) with every model filter on, Q-Align at
     ``sizes.qalign`` with random weights, on the real clips looped ``job_loops`` times."""
     from bench import pipeline as bench_pipeline
+    from models.qalign_random import describe
     from pipeline.probe import probe
 
-    out: dict = {"qalign": {"size": sizes.qalign, "parameters": qalign_parameters(sizes.qalign),
-                            "weights": "random (pyiqa's qalign architecture, models/qalign_random.py)"}}
+    out: dict = {"qalign": describe(sizes.qalign)}
     with tempfile.TemporaryDirectory(prefix="bench_gpu_job_") as tmp:
         work = Path(tmp)
         videos = bench_pipeline.inputs(work / "inputs")

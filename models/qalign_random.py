@@ -18,7 +18,6 @@ configured as one-align's (448 px, OpenAI CLIP mean and std).
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Iterator
 
 import torch
@@ -169,18 +168,21 @@ def build_qalign_metric(size: str = "full", device: str | torch.device = "cpu", 
         inference.build_network = original
 
 
-def describe(net: torch.nn.Module, size: str) -> dict[str, Any]:
-    """What was built, for result files: size, parameters, dtype, prompt length and the stand-ins."""
-    model = net.model
+def describe(size: str) -> dict[str, Any]:
+    """What ``build_qalign_net(size)`` builds, for result files (counted on the meta device, no
+    memory): parameters, dtype, prompt and image tokens, and the stand-ins for the hub's files."""
+    from pyiqa.archs.q_align.modeling_mplug_owl2 import tokenizer_image_token
+
+    config = _config(size)
+    with _default_dtype(torch.float16), torch.device("meta"):
+        model = _language_model_class()(config, prompt_tokenizer(), image_processor(config))
     prompt = "USER: How would you rate the quality of this image?\n<|image|>\nASSISTANT: The quality of the image is"
-    text_tokens = sum(len(model.tokenizer(chunk).input_ids) for chunk in re.split(r"<\|image\|>", prompt))
-    return {"architecture": "pyiqa qalign (mPLUG-Owl2: LLaMA-2-7B decoder, ViT-L/14 448 px, visual abstractor)",
-            "size": size, "parameters": sum(p.numel() for p in model.parameters()),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "weights": "random", "prompt_text_tokens": text_tokens,
-            "image_tokens": int(model.config.visual_config["visual_abstractor"]["num_learnable_queries"]) + 1,
-            "stand_ins": "tokenizer: LLaMA tokenizer class with the prompt words as its vocabulary; "
-                         "CLIP preprocessor configured as one-align's (hub files not reachable)"}
+    return {"architecture": "pyiqa qalign: mPLUG-Owl2 (LLaMA-2-7B decoder, ViT-L/14 at 448 px, visual abstractor)",
+            "size": size, "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float16",
+            "weights": "random", "prompt_text_tokens": len(tokenizer_image_token(prompt, model.tokenizer)) - 1,
+            "image_tokens": int(config.visual_config["visual_abstractor"]["num_learnable_queries"]) + 1,
+            "stand_ins": "tokenizer: transformers' LLaMA tokenizer class with the prompt words as its vocabulary; "
+                         "CLIP preprocessor configured as one-align's (the hub's files are not fetched)"}
 
 
-__all__ = ["SIZES", "build_qalign_metric", "build_qalign_net", "describe", "prompt_tokenizer"]
+__all__ = ["SIZES", "add_missing_mask_helper", "build_qalign_metric", "build_qalign_net", "describe"]

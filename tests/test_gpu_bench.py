@@ -50,8 +50,7 @@ def test_dry_run_writes_every_key_of_the_full_run_with_sane_values(media, tmp_pa
     assert animate["frames"] >= 1 and animate["rtf_with_model_loading"] > animate["rtf_models_loaded"] > 0
 
     job = report["job"]
-    assert job["qalign"] == {"size": "tiny", "parameters": job["qalign"]["parameters"],
-                             "weights": job["qalign"]["weights"]} and job["qalign"]["parameters"] > 1e6
+    assert job["qalign"]["size"] == "tiny" and job["qalign"]["parameters"] > 1e6
     assert job["clips"] >= 1 and job["video_s"] >= 3
     assert job["hours_video_per_gpu_hour_running"] >= job["hours_video_per_gpu_hour_end_to_end"] > 0
     assert job["stage_seconds"]["quality"] > 0  # Q-Align really ran on every clip
@@ -63,7 +62,6 @@ def test_dry_run_writes_every_key_of_the_full_run_with_sane_values(media, tmp_pa
                           "renderer_rtf_models_loaded", "job_hours_video_per_gpu_hour_running"}
     for g in goals.values():  # tiny CPU figures miss every goal, and each names what bounds it
         assert g["value"] is not None and g["met"] is False and g["bound_by"]
-    assert report["total_wall_s"] < 480
 
 
 def test_random_qalign_scores_frames_through_the_quality_filter():
@@ -83,9 +81,11 @@ def test_random_qalign_scores_frames_through_the_quality_filter():
 
 
 def test_full_size_random_qalign_is_the_8b_architecture():
-    """Counted on the meta device (no memory): mPLUG-Owl2's 8.2e9 parameters, 16.4 GB in fp16."""
-    from bench.gpu_sections import qalign_parameters
+    """Counted on the meta device (no memory): mPLUG-Owl2's 8.2e9 parameters, 16.4 GB in fp16;
+    the prompt as long as with LLaMA's tokenizer within a few tokens, the image 64 queries + 1."""
+    from models.qalign_random import describe
 
-    n = qalign_parameters("full")
-    assert 8.1e9 < n < 8.3e9
-    assert qalign_parameters("tiny") < 1e7
+    full = describe("full")
+    assert 8.1e9 < full["parameters"] < 8.3e9 and full["image_tokens"] == 65
+    assert 25 <= full["prompt_text_tokens"] <= 40
+    assert describe("tiny")["parameters"] < 1e7
