@@ -169,6 +169,8 @@ def machine() -> dict:
 
 
 def fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return "not measured" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 

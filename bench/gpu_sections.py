@@ -33,10 +33,11 @@ class Sizes:
     train_steps: int
     compile_backend: str
     wav2vec2: dict[str, Any] | None  # transformers Wav2Vec2Config overrides; None: the base config
-    # renderer: feature side (64 = a 512x512 frame), frames per measurement, batches
+    # renderer: feature side (64 = a 512x512 frame), frames per measurement, batches, precisions
     side: int
     frames: int
     batches: tuple[int, ...]
+    precisions: tuple[str, ...]
     # training.animate end to end
     speech_s: float
     animate_model: ModelConfig
@@ -59,12 +60,14 @@ JOB_SETTINGS = ("filters.quality.metric=qalign", "filters.quality.threshold=3.0"
 
 FULL = Sizes(dry_run=False, device="cuda", paper=ModelConfig(audio_dim=768),
              public=ModelConfig(audio_dim=768, width=256, layers=8, heads=8), batch=16, train_steps=30,
-             compile_backend="inductor", wav2vec2=None, side=64, frames=64, batches=(1, 8, 32), speech_s=10.0,
+             compile_backend="inductor", wav2vec2=None, side=64, frames=64, batches=(1, 8, 32),
+             precisions=("fp32", "fp16", "bf16"), speech_s=10.0,
              animate_model=ModelConfig(audio_dim=768), animate_encoder="random:base", animate_diffusion_steps=50,
              animate_args=(), job_videos=3, job_loops=6, qalign="full", job_settings=JOB_SETTINGS)
 DRY = Sizes(dry_run=True, device="cpu", paper=TINY_TRAIN,
             public=ModelConfig(audio_dim=32, width=16, layers=2, heads=2, w_pre=5, w_cur=20), batch=2, train_steps=2,
-            compile_backend="aot_eager", wav2vec2=TINY_WAV2VEC2, side=32, frames=1, batches=(1,), speech_s=0.04,
+            compile_backend="aot_eager", wav2vec2=TINY_WAV2VEC2, side=32, frames=1, batches=(1,),
+            precisions=("fp32",), speech_s=0.04,
             animate_model=TINY_ANIMATE, animate_encoder="random:small", animate_diffusion_steps=10,
             animate_args=("--sampler", "ddim", "--steps", "2"), job_videos=1, job_loops=1, qalign="tiny",
             job_settings=JOB_SETTINGS)
@@ -166,7 +169,8 @@ def trainer_summary(out: dict) -> dict:
 
 def renderer(sizes: Sizes, deadline: float, save: Save) -> dict:
     """W + G frames/s at each batch in fp32, fp16 and bf16 autocast (difference from fp32 at batch
-    1), then ``training.animate`` end to end on speech."""
+    1), then ``training.animate`` end to end on speech. The dry run times fp32 alone: without
+    native half precision a CPU takes minutes for one small W + G forward under autocast."""
     from bench.render import inputs, render, timed
     from models.liveportrait.spade_generator import load_spade_generator
     from models.liveportrait.warping_network import load_warping_network
@@ -178,7 +182,9 @@ def renderer(sizes: Sizes, deadline: float, save: Save) -> dict:
     with torch.inference_mode():
         reference = render(warp, decode, feature, x_d, x_s, 1)
     out: dict = {"frame_px": sizes.side * 8, "frames": sizes.frames, "rows": []}
-    for precision, amp in (("fp32", None), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+    amps = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for precision in sizes.precisions:
+        amp = amps[precision]
         for batch in sizes.batches:
             if out["rows"] and time.perf_counter() > deadline:
                 break
@@ -259,10 +265,13 @@ class GpuBusy:
         while not self._stop.is_set():
             try:
                 self.samples.append(float(torch.cuda.utilization(0)))
-                self.memory_mb.append(torch.cuda.device_memory_used(0) / 2**20)
             except Exception as exc:  # no NVML bindings: the fraction stays unknown, the run goes on
                 self.error = f"{type(exc).__name__}: {exc}"
                 return
+            try:
+                self.memory_mb.append(torch.cuda.device_memory_used(0) / 2**20)
+            except Exception:  # older torch: the busy fraction alone
+                pass
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "GpuBusy":

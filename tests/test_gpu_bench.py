@@ -42,10 +42,9 @@ def test_dry_run_writes_every_key_of_the_full_run_with_sane_values(media, tmp_pa
     assert trainer["summary"]["paper_best_variant"] in ("fp32", "bf16_autocast", "bf16_compiled")
 
     rows = report["renderer"]["rows"]
-    assert {r["precision"] for r in rows} == {"fp32", "fp16", "bf16"}
-    assert all(r["frames_per_s"] > 0 for r in rows)
+    assert [r["precision"] for r in rows] == ["fp32"]  # half precision is for the GPU run (see renderer())
+    assert rows[0]["frames_per_s"] > 0 and report["renderer"]["frame_px"] == 256
     assert rows[0]["max_abs_diff_vs_fp32"] == 0.0  # fp32 at batch 1 is the reference itself
-    assert all(0 < r["max_abs_diff_vs_fp32"] < 0.5 for r in rows if r["precision"] != "fp32")
     animate = report["renderer"]["animate"]
     assert animate["frames"] >= 1 and animate["rtf_with_model_loading"] > animate["rtf_models_loaded"] > 0
 
