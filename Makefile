@@ -1,7 +1,7 @@
 # One entry point for setup, tests, benchmarks and the demo. Everything runs inside .venv.
 PY := .venv/bin/python
 
-.PHONY: setup test bench demo
+.PHONY: setup test bench demo quickstart
 setup:
 	./scripts/setup.sh
 
@@ -13,3 +13,6 @@ bench: setup
 
 demo: setup
 	$(PY) pipeline/build_shards.py --demo --random-weights --output out/demo
+
+quickstart: setup
+	$(PY) scripts/quickstart.py

@@ -21,14 +21,11 @@ Each clip lands in one category:
 - ``not_evaluated``: no known score fails, but a threshold's score is missing (the stage never ran
   for it), so it cannot be judged without running the pipeline again; not kept.
 
-The thresholds in force are read from the manifest's ``thresholds`` column, which may hold score
-bounds or the pipeline's ``filters`` settings (see :func:`parse_thresholds`).
+The thresholds in force are read from the manifest's ``thresholds`` column, where the job records
+them with what each bounds and the quality metric's direction (:mod:`manifests.thresholds`).
 """
 from __future__ import annotations
 
-import ast
-import functools
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,51 +38,17 @@ import pyarrow.parquet as pq
 import yaml
 
 from manifests.schema import SCORE_COLUMNS
+from manifests.thresholds import Bounds, RethresholdError, normalise_thresholds, parse_thresholds
 from shards import storage
 
-Bounds = dict[str, float]  # {"min": x} and/or {"max": x}
 RETHRESHOLD_STAGE = "rethreshold"
 CATEGORIES = ("kept", "hard_rejection", "below_threshold", "not_featurised", "not_evaluated")
-
-
-class RethresholdError(ValueError):
-    """A thresholds file that cannot be applied."""
 
 
 @dataclass(frozen=True)
 class Rules:
     thresholds: dict[str, Bounds | None]  # overrides; None drops a threshold in force
     hard: tuple[str, ...] = ()  # "stage" or "stage/reason"
-
-
-def score_column(name: str) -> str:
-    column = name if name.startswith("score_") else f"score_{name}"
-    if column not in SCORE_COLUMNS:
-        raise RethresholdError(f"unknown score {name!r}; known: {', '.join(SCORE_COLUMNS)}")
-    return column
-
-
-def normalise_thresholds(raw: Any, allow_drop: bool = False) -> dict[str, Bounds | None]:
-    """Validate a {score: {min, max}} mapping and give every score its ``score_`` column name."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise RethresholdError(f"thresholds must be a mapping of score names, got {type(raw).__name__}")
-    out: dict[str, Bounds | None] = {}
-    for name, bounds in raw.items():
-        column = score_column(str(name))
-        if bounds is None and allow_drop:
-            out[column] = None
-            continue
-        if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max"}:
-            raise RethresholdError(f"{name}: expected {{min: x}} and/or {{max: x}}, got {bounds!r}")
-        try:
-            out[column] = {side: float(value) for side, value in bounds.items()}
-        except (TypeError, ValueError) as exc:
-            raise RethresholdError(f"{name}: bounds must be numbers, got {bounds!r}") from exc
-        if out[column].get("min", -np.inf) > out[column].get("max", np.inf):
-            raise RethresholdError(f"{name}: min is above max")
-    return out
 
 
 def load_rules(path: str | Path) -> Rules:
@@ -100,87 +63,6 @@ def load_rules(path: str | Path) -> Rules:
     if not isinstance(hard, list) or not all(isinstance(h, str) for h in hard):
         raise RethresholdError(f"{path}: 'hard' must be a list of stage or stage/reason names")
     return Rules(normalise_thresholds(data.get("thresholds"), allow_drop=True), tuple(hard))
-
-
-# How the pipeline's filter settings (``filters`` in configs/pipeline.yaml) bound the scores, for
-# manifests whose ``thresholds`` column holds that section rather than {score: {min, max}}.
-FILTER_SETTINGS: dict[str, dict[str, tuple[str, str]]] = {
-    "duration": {"min_s": ("score_duration_s", "min"), "max_s": ("score_duration_s", "max")},
-    "audio": {"min_rms_db": ("score_audio_rms_db", "min")},
-    "faces": {"max_faces": ("score_face_count", "max"), "min_face_px": ("score_face_size", "min")},
-    "quality": {"threshold": ("score_quality", "min")},  # "max" for a lower-is-better metric
-    "sync": {"min_conf": ("score_sync_conf", "min"), "max_abs_offset": ("score_sync_offset", "abs")},
-    "head_motion": {"max_pose_range_deg": ("score_pose_range_deg", "max"),
-                    "max_pose_speed_deg_s": ("score_pose_speed_deg_s", "max"),
-                    "max_t_range": ("score_t_range", "max"), "max_t_speed": ("score_t_speed", "max")},
-}
-
-
-@functools.cache
-def metric_lower_better(metric: str) -> bool:
-    """Whether a pyiqa metric scores better images lower, from pyiqa's own metric table.
-
-    The table is parsed as literals from its source file, so pyiqa (and the torch models it
-    imports) never loads here.
-    """
-    spec = importlib.util.find_spec("pyiqa")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    path = Path(next(iter(spec.submodule_search_locations))) / "default_model_configs.py"
-    try:
-        module = ast.parse(path.read_text())
-        assign = next(node for node in module.body if isinstance(node, ast.Assign)
-                      and any(getattr(t, "id", None) == "DEFAULT_CONFIGS" for t in node.targets))
-        value = assign.value.args[0] if isinstance(assign.value, ast.Call) else assign.value
-        table = ast.literal_eval(value)
-    except (OSError, SyntaxError, StopIteration, ValueError, IndexError, AttributeError):
-        return False
-    return bool(table.get(metric, {}).get("lower_better", False))
-
-
-def thresholds_from_filters(filters: dict[str, Any]) -> dict[str, Bounds]:
-    """Score bounds of the filter sections that drop clips (``mode: score`` only records)."""
-    bounds: dict[str, Bounds] = {}
-    for section, settings in filters.items():
-        if section not in FILTER_SETTINGS or not isinstance(settings, dict):
-            continue
-        if settings.get("mode", "drop") != "drop":
-            continue
-        for setting, (column, side) in FILTER_SETTINGS[section].items():
-            value = settings.get(setting)
-            if value is None:
-                continue
-            if section == "quality" and (settings.get("lower_better")
-                                         or metric_lower_better(str(settings.get("metric")))):
-                side = "max"
-            entry = bounds.setdefault(column, {})
-            if side == "abs":
-                entry.update(min=-float(value), max=float(value))
-            else:
-                entry[side] = float(value)
-    return bounds
-
-
-def _is_filter_section(name: str, value: Any) -> bool:
-    return name in FILTER_SETTINGS and isinstance(value, dict) and not set(value) <= {"min", "max"}
-
-
-def parse_thresholds(text: Any) -> dict[str, Bounds]:
-    """One ``thresholds`` JSON cell: either {score: {min, max}} or the pipeline's ``filters``
-    section (optionally under a "filters" key). Unreadable or null cells mean no thresholds."""
-    try:
-        parsed = json.loads(text) if isinstance(text, str) else {}
-        if isinstance(parsed, dict) and isinstance(parsed.get("filters"), dict):
-            parsed = parsed["filters"]
-        if not isinstance(parsed, dict):
-            return {}
-        sections = {k: v for k, v in parsed.items() if _is_filter_section(k, v)}
-        direct = {k: v for k, v in parsed.items() if k not in sections}
-        bounds = thresholds_from_filters(sections)
-        bounds.update({k: v for k, v in normalise_thresholds(direct).items() if v is not None})
-        return bounds
-    except (ValueError, RethresholdError):
-        return {}
 
 
 def thresholds_in_force(clips: pd.DataFrame) -> list[tuple[dict[str, Bounds], int]]:

@@ -38,7 +38,9 @@ from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, RayAddr
                                  address_from_environment, join_cluster, start_local)
 from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
-from pipeline.media import media_available, media_dir  # noqa: E402
+from manifests import thresholds  # noqa: E402
+from pipeline import demo  # noqa: E402
+from pipeline.media import media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
@@ -52,12 +54,6 @@ log = logging.getLogger("build_shards")
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 DEMO_OUTPUT = "out/demo"
-# The sample clips are short: a demo keeps clips of 3 to 10 s and scores quality with an offline
-# metric. With random weights the model filters only score, since their numbers mean nothing.
-DEMO_OVERRIDES = ("clips.min_len_s=3", "clips.max_len_s=10", "filters.quality.metric=piqe",
-                  "filters.quality.threshold=60")
-DEMO_RANDOM_OVERRIDES = ("filters.quality.mode=score", "filters.sync.mode=score",
-                         "filters.head_motion.mode=score", "models.audio_encoder.random_config=small")
 WORKING_DIR_EXCLUDES = [".venv", ".git", "out", "runs", "weights", "bench/results", "**/__pycache__"]
 
 
@@ -89,7 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> DictConfig:
     overrides = list(args.overrides)
     if args.demo:
-        overrides = [*DEMO_OVERRIDES, *(DEMO_RANDOM_OVERRIDES if args.random_weights else ()), *overrides]
+        overrides = [*demo.OVERRIDES, *(demo.RANDOM_OVERRIDES if args.random_weights else ()), *overrides]
     cfg = load_config(args.config, overrides)
     if args.random_weights:
         cfg.weights.random = True
@@ -219,7 +215,7 @@ def start_pools(cpu: list, model_actors: list, model_descriptions: list):
 
 def run_meta(cfg: DictConfig, models: dict[str, dict[str, str]]) -> RunMeta:
     return RunMeta(
-        thresholds=to_dict(cfg.filters),
+        thresholds=thresholds.record(to_dict(cfg.filters), models.get("quality", {}).get("lower_better")),
         model_ids={stage: d["model_id"] for stage, d in sorted(models.items())},
         weight_hashes={stage: d["weight_id"] for stage, d in sorted(models.items())},
         random_weights=bool(cfg.weights.random),
@@ -351,19 +347,6 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
     return run
 
 
-def demo_input(out: OutputDir) -> str:
-    """The real sample clips when present, else a synthesised set written beside the output."""
-    if media_available():
-        return str(media_dir())
-    from pipeline.media_kit import make_standard_set
-
-    folder = out.local_path("demo_media/placeholder").parent
-    if not any(folder.glob("*.mp4")):
-        log.info("sample media not found at %s: synthesising clips into %s", media_dir(), folder)
-        make_standard_set(folder)
-    return str(folder)
-
-
 def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:
     """True when run.json (written last) covers exactly these chunks: nothing left to gather."""
     if not all(out.exists(name) for name in (VIDEOS_FILE, CLIPS_FILE, STATS_FILE, RUN_FILE)):
@@ -377,7 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     check_weights(cfg)
     out = OutputDir(args.output)
     try:
-        spec = demo_input(out) if args.demo else args.input
+        spec = (demo.demo_input(out.local_path(demo.LIST_NAME).parent, float(cfg.split.val_fraction))
+                if args.demo else args.input)
         chunks = plan_chunks(out, list_inputs(spec), int(cfg.work.videos_per_chunk))
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
         if not pending and up_to_date(out, chunks):

@@ -122,7 +122,12 @@ def test_split_by_speaker_and_random_weights_everywhere(built):
         assert clip["split"] == assign_split(clip["split_group"], 0.05)
         if clip["speaker"]:
             assert clip["split_group"] == f"speaker:{clip['speaker']}"
-        assert json.loads(clip["thresholds"])["sync"]["min_conf"] == 4.0
+        recorded = json.loads(clip["thresholds"])
+        assert recorded["sync"]["min_conf"] == 4.0
+        # the job records the quality metric's direction (PIQE: lower is better) and what it bounds
+        assert recorded["quality"]["lower_better"] is True
+        assert recorded["meaning"]["quality.threshold"] == {"score": "score_quality", "bound": "max"}
+        assert "score_quality" not in recorded["in_force"]  # mode: score only records
     for shard in sorted((out / "shards").glob("*.tar")):
         for sample in iter_samples(shard):
             assert sample["meta"]["random_weights"] is True

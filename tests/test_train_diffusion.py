@@ -7,6 +7,7 @@ import torch
 
 from training.diffusion import Diffusion, cosine_alphas_cumprod, generate, window_joins, window_starts
 from training.model import ModelConfig, MotionDenoiser
+from training.retired import RetiredOptionError
 
 TINY = ModelConfig(audio_dim=16, width=64, layers=2, heads=4, w_pre=5, w_cur=20, dropout=0.0)
 
@@ -24,14 +25,15 @@ def test_cosine_schedule_matches_its_definition():
     assert torch.allclose(x_t[1], noise[1], atol=0.05)  # the last step is almost pure noise
 
 
-def test_shifted_schedule_divides_every_step_s_snr_by_shift_squared():
-    plain, shifted = Diffusion(50), Diffusion.from_config({"steps": 50, "shift": 4.0})
-    snr = lambda ab: ab[:-1] / (1 - ab[:-1])  # noqa: E731  (the last step: zero signal in both)
-    assert torch.allclose(snr(shifted.alphas_cumprod), snr(plain.alphas_cumprod) / 16, rtol=1e-4)
-    assert float(shifted.alphas_cumprod[-1]) < 1e-6 and Diffusion.from_config({"steps": 50}).shift == 1.0
-    assert torch.allclose(shifted.alphas_cumprod_prev[1:], shifted.alphas_cumprod[:-1])
-    with pytest.raises(ValueError, match="shift"):
-        Diffusion(50, shift=0.0)
+def test_configs_with_the_removed_options_off_still_load():
+    """Runs recorded diffusion.shift, parametrization and sigma_data; at their off values they
+    change nothing, any other value is refused naming the commit that had them."""
+    old = Diffusion.from_config({"steps": 50, "cosine_s": 0.008, "shift": 1.0, "parametrization": "x0",
+                                 "sigma_data": 1.0})
+    assert torch.equal(old.alphas_cumprod, Diffusion(50).alphas_cumprod)
+    for key, value in (("shift", 4.0), ("parametrization", "edm"), ("sigma_data", 0.5)):
+        with pytest.raises(RetiredOptionError, match=f"diffusion.{key}=.*5685ff3"):
+            Diffusion.from_config({"steps": 50, key: value})
 
 
 def test_timesteps_per_sampler():
@@ -103,32 +105,9 @@ class Constant(torch.nn.Module):
         return self.value
 
 
-def test_edm_parametrization_passes_the_noisy_input_to_x0():
-    """With sigma_data 1 (v-prediction), x0_hat = sqrt(ab) x_t - sqrt(1 - ab) F with F = -v: the true
-    -v gives back x0 exactly, a zero output the noisy input scaled; the x0 parametrization is the
-    output itself."""
-    d, x0, noise = Diffusion(50, parametrization="edm", sigma_data=1.0), torch.randn(3, 25, 70), torch.randn(3, 25, 70)
-    t = torch.tensor([0, 20, 49])
-    ab = d.alphas_cumprod[t].view(3, 1, 1)
-    x_t = d.q_sample(x0, t, noise)
-    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
-    args = (t, None, None, None, None)
-    assert torch.allclose(d.denoise(Constant(-v), x_t, *args), x0, atol=1e-5)
-    assert torch.allclose(d.denoise(Constant(torch.zeros_like(x0)), x_t, *args), ab.sqrt() * x_t)
-    assert torch.equal(Diffusion(50).denoise(Constant(v), x_t, *args), v)
-    # sigma_data 0.5 at step 20: c_skip and c_out of EDM with sigma^2 = (1 - ab) / ab
-    half = Diffusion(50, parametrization="edm", sigma_data=0.5)
-    ab20 = float(half.alphas_cumprod[20])
-    sigma2 = (1 - ab20) / ab20
-    c_skip, c_out = 0.25 / (sigma2 + 0.25), math.sqrt(sigma2) * 0.5 / math.sqrt(sigma2 + 0.25)
-    t20 = torch.full((3,), 20)
-    out = half.denoise(Constant(v), x_t, t20, None, None, None, None)
-    assert torch.allclose(out, c_skip * x_t / math.sqrt(ab20) + c_out * v, atol=1e-5)
-    assert Diffusion.from_config({"steps": 50}).parametrization == "x0"  # runs from before the choice
-    with pytest.raises(ValueError, match="parametrization"):
-        Diffusion(50, parametrization="eps")
-    with pytest.raises(ValueError, match="sigma_data"):
-        Diffusion(50, parametrization="edm", sigma_data=0.0)
+def test_denoise_returns_the_network_output_as_x0():
+    x_t, v = torch.randn(3, 25, 70), torch.randn(3, 25, 70)
+    assert torch.equal(Diffusion(50).denoise(Constant(v), x_t, torch.tensor([0, 20, 49]), None, None, None, None), v)
 
 
 class Recorder(MotionDenoiser):

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from training.model import (ModelConfig, MotionDenoiser, audio_attention_mask, sinusoidal_encoding,
-                            smooth_frames)
+from training.model import ModelConfig, MotionDenoiser, audio_attention_mask, sinusoidal_encoding
+from training.retired import RetiredOptionError
 
 TINY = dict(audio_dim=16, width=64, layers=2, heads=4, w_pre=5, w_cur=20, dropout=0.0)
 
@@ -111,49 +111,14 @@ def test_untrained_output_is_zero_and_context_start_tokens_and_audio_matter():
     assert torch.allclose(mixed[1], base[1], atol=1e-6) and not torch.allclose(mixed[0], base[0])
 
 
-def test_input_skip_adds_a_learned_per_step_gain_times_the_noisy_input():
-    """Off: no extra parameter (checkpoints from before it load). On: it starts at zero, so an
-    untrained model is the plain one; its gain depends on the step and the dim, and the result is
-    ``out + gain(t) * x_t``."""
-    plain_cfg, skip_cfg = ModelConfig(**TINY), ModelConfig(**{**TINY, "input_skip": True})
-    assert not hasattr(MotionDenoiser(plain_cfg), "skip_gain")
-    torch.manual_seed(0)
-    plain = MotionDenoiser(plain_cfg).eval()
-    torch.manual_seed(0)
-    skip = MotionDenoiser(skip_cfg).eval()
-    assert n_params(skip_cfg) - n_params(plain_cfg) == (TINY["width"] + 1) * 70
-    x = inputs(skip_cfg)
-    torch.nn.init.normal_(plain.out.weight, std=0.1)
-    skip.load_state_dict({**plain.state_dict(), **{k: v for k, v in skip.state_dict().items() if "skip_gain" in k}})
-    assert torch.equal(skip(**x), plain(**x))
-    torch.nn.init.normal_(skip.skip_gain.weight, std=0.1)
-    step = skip.step_mlp(sinusoidal_encoding(x["t"], skip_cfg.width))[:, None]
-    gain = skip.skip_gain(step)
-    assert torch.allclose(skip(**x), plain(**x) + gain * x["x_t"], atol=1e-6)
-    assert not torch.allclose(gain[0], gain[1])  # the two samples are at different steps
-    with pytest.raises(ValueError, match="input_skip_sigma"):
-        ModelConfig(**{**TINY, "input_skip_sigma": 3.0})  # without input_skip it would do nothing
-    smooth = MotionDenoiser(ModelConfig(**{**TINY, "input_skip": True, "input_skip_sigma": 3.0})).eval()
-    smooth.load_state_dict(skip.state_dict())
-    assert torch.allclose(smooth(**x), plain(**x) + gain * smooth_frames(x["x_t"], 3.0), atol=1e-6)
-
-
-def test_smooth_frames_is_a_gaussian_renormalised_at_the_ends():
-    """Interior frames: the Gaussian's own weights; ends: the weights of the frames there are,
-    summing to one; so constants pass unchanged and white noise is averaged everywhere."""
-    sigma, radius = 2.0, 6
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1) / sigma) ** 2)
-    impulse = torch.zeros(1, 40, 1)
-    impulse[0, 20] = 1.0
-    assert torch.allclose(smooth_frames(impulse, sigma)[0, 14:27, 0], taps / taps.sum(), atol=1e-6)
-    at_end = torch.zeros(1, 40, 1)
-    at_end[0, 0] = 1.0
-    assert smooth_frames(at_end, sigma)[0, 0, 0] == pytest.approx(1 / taps[radius:].sum().item(), rel=1e-5)
-    assert torch.allclose(smooth_frames(torch.full((2, 40, 3), 0.7), sigma), torch.full((2, 40, 3), 0.7))
-    noise = smooth_frames(torch.randn(4000, 40, 1, generator=torch.Generator().manual_seed(0)), sigma)
-    assert noise[:, 20].std().item() == pytest.approx(((taps ** 2).sum().sqrt() / taps.sum()).item(), rel=0.05)
-    half = taps[radius:]  # at an end: 0.50 of the noise left (repeating the end frame: 0.64)
-    assert noise[:, 0].std().item() == pytest.approx(((half ** 2).sum().sqrt() / half.sum()).item(), rel=0.05)
+def test_model_configs_with_the_removed_options_off_still_load():
+    """Checkpoints recorded model.input_skip and input_skip_sigma; off, they are dropped; on (a
+    model with another forward and an extra layer), they are refused naming the last commit with them."""
+    old = ModelConfig.from_dict({**TINY, "input_skip": False, "input_skip_sigma": 0.0})
+    assert old == ModelConfig(**TINY)
+    for key, value in (("input_skip", True), ("input_skip_sigma", 6.0)):
+        with pytest.raises(RetiredOptionError, match=f"model.{key}=.*5685ff3"):
+            ModelConfig.from_dict({**TINY, key: value})
 
 
 def test_each_frame_reads_only_its_own_audio():

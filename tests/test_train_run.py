@@ -124,17 +124,26 @@ def test_bad_inputs_fail_before_the_first_step(shards, tmp_path):
 
 
 def test_load_for_inference_rejects_incomplete_or_mismatched_checkpoints(shards, tmp_path):
-    run(shards, tmp_path / "run", "train.max_steps=2", "train.val_every=2", "data.num_workers=0",
-        "diffusion.parametrization=edm", "diffusion.sigma_data=0.7")
+    run(shards, tmp_path / "run", "train.max_steps=2", "train.val_every=2", "data.num_workers=0")
     path = tmp_path / "run" / "checkpoint.pt"
     model, diffusion, _, _ = load_for_inference(path, use_ema=False)
     assert not model.training and model.cfg.width == 64
-    assert (diffusion.parametrization, diffusion.sigma_data) == ("edm", 0.7)  # as the run trained
+    # a checkpoint written when the removed research options existed, with them off, loads and resumes
     state = torch.load(path, weights_only=False)
-    for key in ("parametrization", "sigma_data"):  # a checkpoint from before the choice predicts x0
-        del state["train_config"]["diffusion"][key]
-    torch.save(state, tmp_path / "older.pt")
-    assert load_for_inference(tmp_path / "older.pt")[1].parametrization == "x0"
+    state["model_config"].update(input_skip=False, input_skip_sigma=0.0)
+    state["train_config"]["model"].update(input_skip=False, input_skip_sigma=0.0)
+    state["train_config"]["diffusion"].update(shift=1.0, parametrization="x0", sigma_data=1.0)
+    torch.save(state, path)
+    older, older_diffusion, _, _ = load_for_inference(path, use_ema=False)
+    assert torch.equal(older_diffusion.alphas_cumprod, diffusion.alphas_cumprod)
+    assert all(torch.equal(a, b) for a, b in zip(older.state_dict().values(), model.state_dict().values()))
+    assert run(shards, tmp_path / "run", "train.max_steps=3", "train.val_every=2", "data.num_workers=0",
+               resume=True)["step"] == 3
+    state["model_config"]["input_skip"] = True  # a model this code cannot compute
+    torch.save(state, tmp_path / "skip.pt")
+    with pytest.raises(CheckpointError, match="input_skip"):
+        load_for_inference(tmp_path / "skip.pt")
+    state["model_config"]["input_skip"] = False
     state["model_config"]["width"] = 128
     torch.save(state, tmp_path / "wide.pt")
     with pytest.raises(CheckpointError, match="do not match"):

@@ -35,9 +35,9 @@ import torch
 from models.weights import RANDOM, MissingWeightsError, require
 from shards.crop import CROP_SIZE, liveportrait_crop_matrix
 from shards.format import FPS, SAMPLE_RATE
-from training import drive
+from training import drive, sampling
 from training.paste_back import PasteBack, load_mask
-from training.sample import (EXIT_BAD_INPUT, BadInputError, build_audio_encoder, load_generator, read_speech,
+from training.sample import (EXIT_BAD_INPUT, BadInputError, build_audio_encoder, load_for_sampling, read_speech,
                              smooth_pose_dims)
 from training.template import load_template, n_frames_for, resample_vector
 from training.video_out import TalkingVideoWriter
@@ -174,8 +174,9 @@ def source_features(renderer: Renderer, crop: np.ndarray) -> tuple[drive.SourceM
 
 def load_speech_models(args: argparse.Namespace) -> tuple[Any, Any]:
     """The checkpoint's motion generator and the audio encoder it was trained with."""
-    generator = load_generator(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    return generator, build_audio_encoder(args.audio_encoder, generator, args.device, args.weights_dir)
+    options = sampling.from_args(args)
+    generator = load_for_sampling(args.checkpoint, options)
+    return generator, build_audio_encoder(args.audio_encoder, generator, options.device, args.weights_dir)
 
 
 def motion_from_speech(args: argparse.Namespace, audio: np.ndarray,
@@ -188,8 +189,7 @@ def motion_from_speech(args: argparse.Namespace, audio: np.ndarray,
         n_frames = min(n_frames, args.max_frames)
         audio = audio[: n_frames * SAMPLE_RATE // FPS]
     feat = encoder.encode(audio, n_frames)
-    return generator.motion(feat, steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg_scale,
-                            seed=args.seed)
+    return generator.sample(feat, sampling.from_args(args))
 
 
 def motion_from_template(path: str | Path) -> np.ndarray:
@@ -309,11 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-relative-volume", action="store_true",
                    help="do not rescale the motion to the source face's keypoint volume")
     p.add_argument("--driving-multiplier", type=float, default=1.0, help="scales every keypoint's motion")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance; 1 = none")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (see training.sample)")
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
-    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA ones")
     p.add_argument("--pose-smoothing", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian smoothing of scale, translation and angles, sigma in frames (0: off)")
     p.add_argument("--max-frames", type=int, default=None, help="render at most N frames (quick previews, tests)")
@@ -326,13 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-dir", default=None, help="weights folder (default $TH_WEIGHTS_DIR)")
     p.add_argument("--random-weights", action="store_true",
                    help="random weights of the official renderer networks: tests and smoke runs only")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="W and G under autocast on a GPU (auto: bf16); the CPU runs float32")
     p.add_argument("--eager", action="store_true",
                    help="on the CPU, run W and G as the official modules do (slower; same output within 1e-4)")
     p.add_argument("--min-rms", type=float, default=1e-3, help="speech quieter than this is refused as silent")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    sampling.add_arguments(p)
     return p
 
 

@@ -45,6 +45,7 @@ from models.weights import RANDOM, MissingWeightsError, require, warn_random
 from shards.format import FPS
 from training.metrics.qalign import QALIGN_METRICS, describe, quality_scores
 from training.metrics.video_io import read_frames, read_speech_span
+from training import sampling
 from training.sample import EXIT_BAD_INPUT, BadInputError
 from training.template import atomic_output
 from training.test_set import TestItem, TestSetError, read_test_set, reference_portrait
@@ -138,11 +139,9 @@ def render(item: TestItem, args: argparse.Namespace, out_dir: Path,
         cv2.imwrite(str(image), cv2.cvtColor(reference_portrait(item), cv2.COLOR_RGB2BGR))
     video = out_dir / "videos" / f"{item.id}.mp4"
     argv = ["--checkpoint", str(args.checkpoint), "--image", str(image), "--audio", str(item.audio),
-            "--out", str(video), "--sampler", args.sampler, "--cfg-scale", str(args.cfg_scale),
-            "--seed", str(args.seed), "--device", args.device, "--no-progress",
-            "--face-backend", args.face_backend]
-    for flag, value in (("--steps", args.steps), ("--max-frames", args.max_frames),
-                        ("--weights-dir", args.weights_dir)):
+            "--out", str(video), "--no-progress", "--face-backend", args.face_backend,
+            *sampling.to_argv(sampling.from_args(args))]
+    for flag, value in (("--max-frames", args.max_frames), ("--weights-dir", args.weights_dir)):
         if value is not None:
             argv += [flag, str(value)]
     if args.random_weights:
@@ -390,15 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-len", type=int, default=25, help="FVD clip length (25: FVD-25)")
     p.add_argument("--fid-every", type=int, default=1, help="frame FID on every k-th frame")
     p.add_argument("--face-backend", default="haar", choices=("haar", "insightface"))
-    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--animal", action="store_true")
     p.add_argument("--weights-dir", default=None)
     p.add_argument("--random-weights", action="store_true",
                    help="random networks and the piqe stand-in everywhere: tests and smoke runs only")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sampling.add_arguments(p)
     return p
 
 

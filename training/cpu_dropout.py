@@ -1,10 +1,9 @@
 """Dropout with a cheaper random mask on CPU: 16 random bits per element from numpy's SFC64.
 
 torch's CPU dropout draws a double-precision uniform number per element (two Mersenne-Twister
-words) and, in backward, runs a second masked pass; a profile of one training step at the public
-trainer's configuration spent 26% of its time there (fp32). Under bf16 autocast on a CPU with AMX,
-where the matrix products get cheap, an earlier form of this mask (torch's generator, a ``where``)
-still took about 40% of a profiled step. Here every element gets 16 bits of one 64-bit word
+words) and, in backward, runs a second masked pass, a large share of a CPU training step (the
+profiles: docs/benchmarks.md, ``bench/train.py --only-model-speed``). Here every element gets 16
+bits of one 64-bit word
 of numpy's SFC64 generator (a quarter of the draws, at twice the rate of torch's CPU generator on
 the same words), seeded per call from torch's default generator so ``torch.manual_seed`` still
 repeats runs. An element is kept when its bits are at or above ``round(p * 2**16)`` (counted from

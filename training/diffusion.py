@@ -1,28 +1,8 @@
 """Gaussian diffusion over motion windows: cosine schedule, x0 prediction, DDPM/DDIM sampling, CFG.
 
 The schedule is the cosine one of Nichol & Dhariwal (s = 0.008) with 50 steps, as the public JoyVASA
-code trains; step 0 is the least noisy. ``diffusion.shift`` divides every step's signal-to-noise
-ratio by its square (Hoogeboom et al. 2023), moving training and sampling towards noisier steps
-(> 1) or cleaner ones (< 1); 1, the default, is the plain schedule. On the synthetic world of
-``bench/learn.py`` the reduced model's samples move more after 400 steps with 0.25-0.5 and less
-with 2-8, and after 1,600 steps 0.25-1 no longer differ (``learn_reduced_bands.json``).
-
-Training and both samplers work with the predicted clean sample ``x0_hat`` (paper §3.3.2), which
-:meth:`Diffusion.denoise` reads from the network's output in one of two ways
-(``diffusion.parametrization``):
-
-* ``x0``: the output is ``x0_hat`` itself, as the paper and the public code have it. The network
-  must then carry the noisy input through every layer to the output, and where the input is
-  nearly clean it does not learn to: trained briefly, its ``x0_hat`` keeps 0.8x of the motion of
-  an input at step 0 and every sample comes out damped (``bench/learn.py``);
-* ``edm``: the preconditioning of Karras et al. 2022 (EDM), written for this variance-preserving
-  schedule: with ``sigma^2 = (1 - ab) / ab``, ``x0_hat = c_skip x_t / sqrt(ab) + c_out F`` where
-  ``c_skip = sd^2 / (sigma^2 + sd^2)`` and ``c_out = sigma sd / sqrt(sigma^2 + sd^2)``, ``sd`` being
-  ``diffusion.sigma_data``. The noisy input, scaled as the best linear estimate of data of std
-  ``sd``, passes straight to ``x0_hat``; the network ``F`` predicts what that estimate misses, at
-  unit scale at every step. ``sd = 1`` is v-prediction (Salimans & Ho 2022, ``F = -v``). The
-  losses are the same, computed on ``x0_hat``. Not the default: trained 20 minutes on the
-  synthetic world its samples flicker (see :mod:`training.model`, ``input_skip``).
+code trains; step 0 is the least noisy. The network predicts the clean sample ``x0_hat`` directly
+(paper §3.3.2); training and both samplers work with it.
 
 The samplers:
 
@@ -44,42 +24,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from training import retired
 from training.model import MotionDenoiser
+from training.retired import drop_retired
 
 SAMPLERS = ("ddpm", "ddim")
-PARAMETRIZATIONS = ("x0", "edm")
 
 
-def cosine_alphas_cumprod(steps: int, s: float = 0.008, shift: float = 1.0) -> np.ndarray:
-    """alpha-bar_t for t = 0..steps-1 from the cosine schedule (betas clipped at 0.999), its
-    signal-to-noise ratio ``ab / (1 - ab)`` divided by ``shift ** 2`` at every step (the shifted
-    cosine schedule of Hoogeboom et al. 2023; 1: the plain one)."""
+def cosine_alphas_cumprod(steps: int, s: float = 0.008) -> np.ndarray:
+    """alpha-bar_t for t = 0..steps-1 from the cosine schedule (betas clipped at 0.999)."""
     grid = np.arange(steps + 1, dtype=np.float64) / steps
     f = np.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
     betas = np.clip(1.0 - f[1:] / f[:-1], 0.0, 0.999)
-    ab = np.cumprod(1.0 - betas)
-    return ab / (ab + shift ** 2 * (1.0 - ab))
+    return np.cumprod(1.0 - betas)
 
 
 class Diffusion:
     """The forward process, its posterior and the two samplers; holds no learned state."""
 
-    def __init__(self, steps: int = 50, cosine_s: float = 0.008, parametrization: str = "x0",
-                 sigma_data: float = 1.0, shift: float = 1.0):
+    def __init__(self, steps: int = 50, cosine_s: float = 0.008):
         if steps < 1:
             raise ValueError(f"diffusion steps must be >= 1, got {steps}")
-        if parametrization not in PARAMETRIZATIONS:
-            raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {PARAMETRIZATIONS}")
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
-        if not shift > 0:
-            raise ValueError(f"schedule shift must be > 0, got {shift}")
         self.steps = steps
         self.cosine_s = cosine_s
-        self.parametrization = parametrization
-        self.sigma_data = sigma_data
-        self.shift = shift
-        ab = cosine_alphas_cumprod(steps, cosine_s, shift)
+        ab = cosine_alphas_cumprod(steps, cosine_s)
         ab_prev = np.concatenate([[1.0], ab[:-1]])
         betas = 1.0 - ab / ab_prev
 
@@ -96,11 +64,9 @@ class Diffusion:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Diffusion":
-        """From a run's ``diffusion`` config (a mapping); runs from before ``parametrization`` existed
-        predicted x0."""
-        return cls(int(cfg.get("steps", 50)), float(cfg.get("cosine_s", 0.008)),
-                   str(cfg.get("parametrization", "x0")), float(cfg.get("sigma_data", 1.0)),
-                   float(cfg.get("shift", 1.0)))
+        """From a run's ``diffusion`` config (a mapping; removed options must be off)."""
+        cfg = drop_retired(cfg, retired.DIFFUSION, "diffusion")
+        return cls(int(cfg.get("steps", 50)), float(cfg.get("cosine_s", 0.008)))
 
     @staticmethod
     def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -123,13 +89,7 @@ class Diffusion:
     def denoise(self, model: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, prev_motion: torch.Tensor,
                 audio: torch.Tensor, first_window: torch.Tensor, drop_audio: torch.Tensor) -> torch.Tensor:
         """``x0_hat`` from the network's output (arguments as :meth:`MotionDenoiser.forward`)."""
-        out = model(x_t, t, prev_motion, audio, first_window, drop_audio)
-        if self.parametrization == "x0":
-            return out
-        ab = self._at(self.alphas_cumprod, t, x_t)
-        sd2 = self.sigma_data ** 2
-        denom = (1.0 - ab) + sd2 * ab  # (sigma^2 + sd^2) * ab
-        return (sd2 * ab.sqrt() / denom) * x_t + ((1.0 - ab).sqrt() * self.sigma_data / denom.sqrt()) * out
+        return model(x_t, t, prev_motion, audio, first_window, drop_audio)
 
     def timesteps(self, sampler: str, n_steps: int | None) -> list[int]:
         """The decreasing steps a sampler visits."""

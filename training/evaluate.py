@@ -3,7 +3,7 @@
 ::
 
     python -m training.evaluate --checkpoint CKPT --shards OUT [--max-clips N] [--seeds 3] \\
-        [--out report_dir] [--sampler ddim --steps 25] [--cfg-scale 2.0] [--max-frames F] [--no-blend]
+        [--out report_dir] [--sampler ddim --steps 10] [--cfg-scale 2.0] [--max-frames F] [--no-blend]
 
 For each clip of the validation split (``meta["split"] == "val"``, read through ``shards.reader``)
 the model generates motion from the clip's cached audio features once per seed, and the result is
@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ import numpy as np
 from shards.format import FPS
 from shards.reader import decode_sample, iter_raw
 from shards.vector import motion_to_vector
+from training import sampling
 from training.motion_metrics import GROUPS, diversity, dynamics, group_l2
 from training.sample import (
     EXIT_BAD_INPUT,
     BadInputError,
     MotionGenerator,
-    load_generator,
+    load_for_sampling,
 )
+from training.sampling import SamplingOptions
 from training.template import atomic_output
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,10 @@ def val_clips(shards: str | Path, max_clips: int | None = None
 
 
 def evaluate_clip(generator: MotionGenerator, real: np.ndarray, feat: np.ndarray, seeds: int,
-                  sampler: str, steps: int | None, cfg_scale: float,
-                  blend: bool = True) -> dict[str, Any]:
-    """Metrics of one clip: per-seed L2 averaged, dynamics of seed 0 and real, diversity."""
-    generated = [generator.motion(feat, steps=steps, sampler=sampler, cfg_scale=cfg_scale, seed=s,
-                                  blend=blend) for s in range(seeds)]
+                  options: SamplingOptions) -> dict[str, Any]:
+    """Metrics of one clip: per-seed L2 averaged (seeds 0..seeds-1), dynamics of seed 0 and real,
+    diversity."""
+    generated = [generator.sample(feat, replace(options, seed=s)) for s in range(seeds)]
     l2_per_seed = [group_l2(g, real) for g in generated]
     return {
         "n_frames": len(real),
@@ -188,18 +190,14 @@ def save_plots(out_dir: Path, summary: dict[str, Any], example: tuple[str, np.nd
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    generator = load_generator(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    try:
-        generator.diffusion.timesteps(args.sampler, args.steps)
-    except ValueError as exc:
-        raise BadInputError(str(exc)) from exc
+    options = sampling.from_args(args)
+    generator = load_for_sampling(args.checkpoint, options)
     clips: list[dict[str, Any]] = []
     example = None
     for key, real, feat in val_clips(args.shards, args.max_clips):
         if args.max_frames:
             real, feat = real[:args.max_frames], feat[:args.max_frames]
-        result = evaluate_clip(generator, real, feat, args.seeds, args.sampler, args.steps,
-                               args.cfg_scale, blend=not args.no_blend)
+        result = evaluate_clip(generator, real, feat, args.seeds, options)
         real_seq, gen_seq = result.pop("_example")
         if example is None:
             example = (key, real_seq, gen_seq)
@@ -211,8 +209,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     summary = summarise(clips)
     report = {
         "checkpoint": str(args.checkpoint), "shards": str(args.shards),
-        "settings": {"sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
-                     "seeds": args.seeds, "ema": not args.no_ema, "blend": not args.no_blend,
+        "settings": {"sampler": options.sampler, "steps": options.n_steps, "cfg_scale": options.cfg_scale,
+                     "seeds": args.seeds, "ema": options.ema, "blend": options.blend,
                      "max_frames": args.max_frames},
         "n_clips": len(clips), "n_frames": int(sum(c["n_frames"] for c in clips)),
         "groups": {name: [int(d) for d in dims] for name, dims in GROUPS.items()},
@@ -223,8 +221,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     table = markdown_table(summary)
     write_text(out_dir / "report.json", json.dumps(report, indent=1, default=float))
     write_text(out_dir / "report.md", f"# Evaluation of {args.checkpoint}\n\n{len(clips)} validation "
-               f"clips, {report['n_frames']} frames, {args.seeds} seeds, sampler {args.sampler}"
-               f"{'' if args.steps is None else f' ({args.steps} steps)'}, cfg {args.cfg_scale}."
+               f"clips, {report['n_frames']} frames, {args.seeds} seeds, {options.describe()}."
                f"\n\n{table}\n")
     report["plots"] = [str(p) for p in save_plots(out_dir, summary, example)]
     report["table"] = table
@@ -239,14 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--max-frames", type=int, default=None, help="evaluate only each clip's first F frames")
     p.add_argument("--seeds", type=int, default=3, help="generations per clip (diversity needs >= 2)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=2.0)
-    p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--no-blend", action="store_true",
-                   help="windows back to back (the paper's) instead of overlapping and cross-faded")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval_report", help="folder for report.json, report.md, plots")
+    sampling.add_arguments(p, seed=False)
     return p
 
 

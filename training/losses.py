@@ -6,13 +6,11 @@
 * simple: squared error of the predicted clean motion (eq. 4);
 * velocity: squared error of the frame-to-frame differences (eq. 5);
 * smooth: squared second difference (acceleration) of the prediction alone (eq. 6);
-* expression: squared error on the 63 expression dims only (eq. 7), extra weight on lips and face;
-* pose: squared error on the 7 pose dims (scale, translation, angles) only. Without it (``w_pose``
-  0, the paper's loss) the 63 expression dims outweigh the 7 pose dims in every shared layer: on
-  the synthetic world of ``bench/learn.py`` the trained model then ignores its pose inputs (their
-  share of a token's embedding shrinks to about 1 %), cannot even copy the previous window's pose,
-  and generates head motion at 0.2-0.4x the world's. With pose z-scored and ``w_pose`` 1 the pose
-  dims weigh about 5x an expression dim, and head motion comes back (``pose_balance_study``).
+* expression: squared error on the 63 expression dims only (eq. 7), so they count twice in total;
+* pose: squared error on the 7 pose dims (scale, translation, angles) only, so they count twice
+  too. Without it (``w_pose`` 0, the paper's loss) the 63 expression dims outweigh the 7 pose dims
+  in every shared layer and a trained model can learn to ignore its pose inputs; why the default
+  is 1: docs/training.md.
 
 Frames outside the mask (the previous part of a first window, frames past a truncation) carry no
 target; a difference term counts only where every frame it touches is valid. Each term is the mean

@@ -1,4 +1,7 @@
-"""The denoising network: a transformer decoder that predicts clean motion from noisy motion and audio.
+"""The denoising network of JoyVASA's second stage: a transformer decoder that predicts clean
+LivePortrait motion (70 dims a frame: 63 expression, scale, translation, pitch/yaw/roll) from noisy
+motion and frame-aligned speech features. The paper's size: 6 layers, 8 heads, width 512, windows
+of 25 context + 100 generated frames at 25 fps. Details of the layout follow.
 
 One window holds ``w_pre`` frames of previous-window context followed by ``w_cur`` frames to
 generate (paper §3.3.1, eq. 2). The decoder's self-attention runs over two kinds of motion token:
@@ -28,30 +31,8 @@ instead (the reference the tests compare against). The layers keep the parameter
 attention weights' included, so self-attention is then computed in the layer) draws its mask the
 cheaper way of :mod:`training.cpu_dropout`.
 
-The network predicts ``x0`` for all ``w_pre + w_cur`` frames; the output layer starts at zero so an
-untrained model predicts the dataset mean (zero in normalised units). With ``input_skip`` the
-output also adds ``g(t) * x_t``, a gain per diffusion step and motion dim read from the step
-embedding by one linear layer that starts at zero (an untrained model is the same). Why: without
-it the network must carry the noisy input through every layer to its output, and it learns that
-slowly. On the synthetic world of ``bench/learn.py`` the paper model trained 1,221 steps keeps
-0.83x of the motion of an input at step 0 (``--by-step``), so every sample comes out damped. The
-gain gives the input a direct path whose strength training sets per noise level. It is off by
-default: trained 20 minutes, its samples kept all 70 dims within 0.5x-2x of the world's std only
-through flicker (motion faster than a 6-frame Gaussian at 5.1x the world's, slower motion at
-0.26x; the plain network: 0.50x and 0.78x). A fixed gain (``diffusion.parametrization=edm``) does
-the same (5.1x and 0.34x). Denoising held-out windows once per noise level shows why: the network
-behind the gain learns the easy low-noise steps and little else; from the middle of the schedule
-on its prediction correlates with the truth less than the noisy input smoothed over 6 frames does
-(0.52 against 0.92 at step 30 of 50, 0.02 at the last step, where the plain network reaches 0.49
-from the context alone).
-
-With ``input_skip_sigma`` the gain multiplies the noisy input smoothed along time by a Gaussian of
-that many frames (:func:`smooth_frames`), so the slow motion the input holds passes while most of
-its frame-to-frame noise does not. On the reduced model of the test suite (400 steps) sigma 6 keeps
-94% of the dims within 0.5x-2x (14% plain, the fast part at 1.3x); on the paper model after 1,221
-steps it does not beat the plain network (both keep all 70 dims within 0.5x-2x, but its expression
-dims sit lower, median 0.59x against 0.77x; slow expression motion 0.56x against 0.78x; no flicker:
-fast part 0.72x), so it is off by default too.
+The network predicts ``x0`` for all ``w_pre + w_cur`` frames; the output layer starts at zero, so
+an untrained model predicts the dataset mean (zero in normalised units).
 """
 from __future__ import annotations
 
@@ -63,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import cpu_dropout
+from training import cpu_dropout, retired
+from training.retired import drop_retired
 
 
 @dataclass(frozen=True)
@@ -78,8 +60,6 @@ class ModelConfig:
     w_pre: int = 25
     w_cur: int = 100
     audio_radius: int = 0
-    input_skip: bool = False
-    input_skip_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -90,9 +70,6 @@ class ModelConfig:
         if min(self.motion_dim, self.audio_dim, self.width, self.layers, self.heads,
                self.ff_mult, self.w_pre, self.w_cur) < 1 or self.audio_radius < 0:
             raise ValueError(f"model sizes must be positive: {self}")
-        if self.input_skip_sigma < 0 or (self.input_skip_sigma > 0 and not self.input_skip):
-            raise ValueError(f"input_skip_sigma ({self.input_skip_sigma}) must be >= 0, and is used only "
-                             "with input_skip true")
 
     @property
     def window(self) -> int:
@@ -101,6 +78,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        """From a run config or a checkpoint's ``model_config`` (removed options dropped when off)."""
+        values = drop_retired(values, retired.MODEL, "model")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -109,17 +88,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def smooth_frames(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, T, D) smoothed along T by a Gaussian of ``sigma`` frames, near the ends over the frames
-    there are (weights renormalised): repeating an end frame instead would leave its noise
-    several times less averaged than elsewhere, and windows would jump where they join."""
-    radius = min(int(math.ceil(3 * sigma)), x.shape[1] - 1)
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
-    summed = F.conv1d(x.transpose(1, 2), taps.expand(x.shape[-1], 1, -1), padding=radius, groups=x.shape[-1])
-    weight = F.conv1d(torch.ones_like(x[:1, :, :1]).transpose(1, 2), taps.view(1, 1, -1), padding=radius)
-    return (summed / weight).transpose(1, 2)
 
 
 def sinusoidal_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -247,10 +215,6 @@ class MotionDenoiser(nn.Module):
         self.out = nn.Linear(width, cfg.motion_dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        if cfg.input_skip:  # a per-step, per-dim gain on the noisy input, added to the output
-            self.skip_gain = nn.Linear(width, cfg.motion_dim)
-            nn.init.zeros_(self.skip_gain.weight)
-            nn.init.zeros_(self.skip_gain.bias)
         self.register_buffer("frame_pos", sinusoidal_encoding(torch.arange(window), width),
                              persistent=False)
         self.register_buffer("memory_mask", audio_attention_mask(cfg.w_pre, window, cfg.audio_radius),
@@ -293,8 +257,4 @@ class MotionDenoiser(nn.Module):
         memory = self.audio_in(audio) + self.frame_pos
         rows = self.own_frame_rows if self.single_key_cross_attention else None
         hidden = self.decoder(tokens, memory, self.memory_mask, rows)
-        x0 = self.out(hidden[:, cfg.w_pre:])
-        if cfg.input_skip:
-            skipped = smooth_frames(x_t, cfg.input_skip_sigma) if cfg.input_skip_sigma else x_t
-            x0 = x0 + self.skip_gain(step) * skipped
-        return x0
+        return self.out(hidden[:, cfg.w_pre:])

@@ -1,12 +1,14 @@
 """Normalisation of the 70-dim motion vector and the audio features, from the pipeline's stats file.
 
-Expression dims (the first 63) are z-scored; pose dims (scale, t, pitch/yaw/roll) are, by default
-(``pose="minmax"``, JoyVASA's convention, REFERENCE §3), min-max scaled to [-1, 1] by the
-statistics' range, which leaves out each clip's few most extreme frames (``shards.stats``), so a
-normalised pose may fall slightly outside [-1, 1]. ``pose="zscore"`` z-scores them like the
-expression, so pose moves on the same scale as the diffusion noise (on the synthetic world it
-changed the generated pose's spread little: ``bench/learn.py --study``). Audio features are z-scored when the stats carry them. The stats come from the training split only,
-are saved in every checkpoint and must be the same at inference.
+Expression dims (the first 63) are z-scored. Pose dims (scale, t, pitch/yaw/roll) are either
+z-scored like the expression (``pose="zscore"``: training's default, ``data.pose_norm`` in
+configs/train.yaml), so pose moves on the same scale as the diffusion noise, or min-max scaled to
+[-1, 1] by the statistics' range (``pose="minmax"``, JoyVASA's convention, REFERENCE §3). The range
+leaves out each clip's few most extreme frames (``shards.stats``), so a normalised pose may fall
+slightly outside [-1, 1]. The class defaults to min-max because checkpoints written before the
+choice existed used it (``training.checkpoint.pose_norm``); every caller that trains or samples
+passes the run's choice. Audio features are z-scored when the stats carry them. The stats come
+from the training split only, are saved in every checkpoint and must be the same at inference.
 Works on numpy arrays and torch tensors alike (last axis = feature).
 """
 from __future__ import annotations

@@ -46,9 +46,11 @@ from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoin
 from training.data import (DataInputs, DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
                            dataset_multipliers, find_inputs, first_clip, make_loader, resolve_audio_dim,
                            to_model_inputs, validation_batches)
+from training import retired
 from training.diffusion import Diffusion
 from training.losses import LossWeights, motion_losses
 from training.model import ModelConfig, MotionDenoiser
+from training.retired import drop_retired
 from training.normalize import Normalizer
 
 log = logging.getLogger("training")
@@ -494,10 +496,14 @@ def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool
 def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
     """The model and diffusion of a resumed run must be the checkpoint's."""
     saved = state["train_config"]
-    if state["model_config"] != ModelConfig.from_dict(to_dict(cfg.model)).to_dict():
+    saved_model = ModelConfig.from_dict(state["model_config"]).to_dict()
+    if saved_model != ModelConfig.from_dict(to_dict(cfg.model)).to_dict():
         raise CheckpointError(f"model config {to_dict(cfg.model)} differs from the checkpoint's "
                               f"{state['model_config']}")
-    if saved.get("diffusion") != to_dict(cfg.diffusion):
+    saved_diffusion = saved.get("diffusion")
+    if saved_diffusion is not None:  # a checkpoint's removed options, when off, change nothing
+        saved_diffusion = drop_retired(saved_diffusion, retired.DIFFUSION, "diffusion")
+    if saved_diffusion != to_dict(cfg.diffusion):
         raise CheckpointError(f"diffusion config {to_dict(cfg.diffusion)} differs from the "
                               f"checkpoint's {saved.get('diffusion')}")
     saved_pose_norm = pose_norm(OmegaConf.create(saved))

@@ -3,15 +3,16 @@
 ::
 
     python -m training.sample --checkpoint runs/x/checkpoint.pt --audio speech.wav --out motion.pkl \\
-        [--steps N] [--sampler ddpm|ddim] [--cfg-scale 2.0] [--seed 0] [--smooth-pose SIGMA] \\
-        [--no-ema] [--no-blend] [--preview preview.mp4] [--audio-encoder FOLDER|NAME|random[:small]] \\
+        [--sampler ddim|ddpm] [--steps 10] [--cfg-scale 2.0] [--seed 0] [--smooth-pose SIGMA] \\
+        [--no-ema] [--no-blend] [--device cuda|cpu] [--preview preview.mp4] [--audio-encoder FOLDER|NAME|random[:small]] \\
         [--source-kp kp.npy]
 
 Steps: read any audio file (any format PyAV decodes, any rate and channel count) as 16 kHz mono;
 refuse unreadable, empty or silent audio; compute ``ceil(seconds * 25)`` frames of audio features
 with the encoder the checkpoint's training features came from (in bounded memory); generate
 normalised motion with sliding windows (paper §3.4) from the EMA weights, cross-fading each
-window's re-generated context into the previous window (:func:`training.diffusion.generate`); undo the
+window into the one before where they overlap (:func:`training.diffusion.generate`; the sampling
+options and their defaults: :mod:`training.sampling`); undo the
 normalisation; optionally smooth the pose; write the LivePortrait template (``--out``), the (T, 70)
 sequence beside it (same name, ``.npy``) and optionally a preview video. Every file appears
 atomically. Bad input exits with status 2 and a one-line message. See docs/sampling.md.
@@ -34,9 +35,11 @@ from scipy.ndimage import gaussian_filter1d
 from shards.format import FPS, SAMPLE_RATE
 from shards.vector import POSE_DIMS, VECTOR_DIM
 from training.checkpoint import CheckpointError, load_for_inference, pose_norm
-from training.diffusion import SAMPLERS, Diffusion, generate
+from training import sampling
+from training.diffusion import Diffusion, generate
 from training.model import MotionDenoiser
 from training.normalize import Normalizer, StatsError
+from training.sampling import SamplingOptions
 from training.template import motion_template, n_frames_for, save_template, save_vector
 
 log = logging.getLogger(__name__)
@@ -160,13 +163,15 @@ class MotionGenerator:
     def audio_dim(self) -> int:
         return self.model.cfg.audio_dim
 
-    def motion(self, audio_feat: np.ndarray, steps: int | None = None, sampler: str = "ddpm",
-               cfg_scale: float = 1.0, seed: int = 0, smooth_pose: float = 0.0,
+    def motion(self, audio_feat: np.ndarray, steps: int | None = None, sampler: str = sampling.DEFAULT_SAMPLER,
+               cfg_scale: float = sampling.DEFAULT_CFG_SCALE, seed: int = 0, smooth_pose: float = 0.0,
                blend: bool = True) -> np.ndarray:
         """Raw (not normalised) audio features (T, D) -> raw motion (T, 70) float32.
 
+        Defaults as :mod:`training.sampling` (``steps`` None: its default for the sampler);
         ``blend``: cross-fade window overlaps (see :func:`training.diffusion.generate`).
         """
+        steps = SamplingOptions(sampler=sampler, steps=steps).n_steps
         feat = np.asarray(audio_feat, dtype=np.float32)
         if feat.ndim != 2 or feat.shape[1] != self.audio_dim:
             raise BadInputError(f"audio features are {feat.shape[-1]}-wide, the checkpoint's model "
@@ -177,6 +182,12 @@ class MotionGenerator:
                               blend=blend)
         vector = self.normalizer.denormalize(normalised.numpy()).astype(np.float32)
         return smooth_pose_dims(vector, smooth_pose)
+
+    def sample(self, audio_feat: np.ndarray, options: SamplingOptions, smooth_pose: float = 0.0) -> np.ndarray:
+        """:meth:`motion` with a command's sampling options."""
+        return self.motion(audio_feat, steps=options.n_steps, sampler=options.sampler,
+                           cfg_scale=options.cfg_scale, seed=options.seed, smooth_pose=smooth_pose,
+                           blend=options.blend)
 
 
 def load_generator(checkpoint: str | Path, use_ema: bool = True,
@@ -193,6 +204,17 @@ def load_generator(checkpoint: str | Path, use_ema: bool = True,
         raise BadInputError(f"checkpoint {checkpoint} generates {model.cfg.motion_dim}-dim motion, "
                             f"not the {VECTOR_DIM}-dim LivePortrait vector")
     return MotionGenerator(model, diffusion, normalizer, stats, cfg)
+
+
+def load_for_sampling(checkpoint: str | Path, options: SamplingOptions) -> MotionGenerator:
+    """:func:`load_generator` with the options' weights and device, refusing a sampler and step
+    count the checkpoint's schedule cannot run before any work starts."""
+    generator = load_generator(checkpoint, use_ema=options.ema, device=options.device)
+    try:
+        options.check(generator.diffusion)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from exc
+    return generator
 
 
 def smooth_pose_dims(vector: np.ndarray, sigma: float) -> np.ndarray:
@@ -259,23 +281,18 @@ def sample(args: argparse.Namespace) -> SampleResult:
     audio = read_speech(args.audio, args.min_rms)
     n_frames = n_frames_for(len(audio), SAMPLE_RATE)
     kp_c = read_source_kp(args.source_kp) if args.source_kp else None
-    generator = load_generator(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    try:
-        generator.diffusion.timesteps(args.sampler, args.steps)  # refuse bad combinations early
-    except ValueError as exc:
-        raise BadInputError(str(exc)) from exc
+    options = sampling.from_args(args)
+    generator = load_for_sampling(args.checkpoint, options)
     if kp_c is None:
         kp_c = stats_canonical_kp(generator.stats)
-    encoder = build_audio_encoder(args.audio_encoder, generator, args.device, args.weights_dir)
+    encoder = build_audio_encoder(args.audio_encoder, generator, options.device, args.weights_dir)
     timings["load_s"] = time.perf_counter() - started
 
     t0 = time.perf_counter()
     feat = encoder.encode(audio, n_frames)
     timings["audio_features_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vector = generator.motion(feat, steps=args.steps, sampler=args.sampler,
-                              cfg_scale=args.cfg_scale, seed=args.seed, smooth_pose=args.smooth_pose,
-                              blend=not args.no_blend)
+    vector = generator.sample(feat, options, smooth_pose=args.smooth_pose)
     timings["generate_s"] = time.perf_counter() - t0
 
     vector_path = save_vector(vector, out.with_suffix(".npy"))
@@ -298,17 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True, help="speech recording, any format/rate/channels/length")
     p.add_argument("--out", required=True, help="motion template to write (.pkl); the (T, 70) "
                                                 "sequence goes beside it as .npy")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampling steps (ddim: any 1..trained steps; ddpm: all trained steps)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--cfg-scale", type=float, default=2.0, help="classifier-free guidance; 1 = none")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smooth-pose", type=float, default=0.0, metavar="SIGMA",
                    help="Gaussian smoothing of scale/translation/angles, sigma in frames (0: off)")
-    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA ones")
-    p.add_argument("--no-blend", action="store_true",
-                   help="windows back to back, as in the paper, instead of overlapping by w_pre frames "
-                        "and cross-faded")
     p.add_argument("--preview", default=None, help="also write a keypoint preview video (.mp4)")
     p.add_argument("--audio-encoder", default=None,
                    help="wav2vec2/HuBERT folder, registry name, or random[:small] (tests only); "
@@ -317,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npy with the source face's canonical keypoints (21x3) for kp/x_s")
     p.add_argument("--weights-dir", default=None,
                    help="weights folder for a registry-named audio encoder (default $TH_WEIGHTS_DIR)")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--min-rms", type=float, default=MIN_RMS,
                    help="audio quieter than this RMS (full scale 1.0) is refused as silent")
+    sampling.add_arguments(p)
     return p
 
 

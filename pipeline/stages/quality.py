@@ -37,4 +37,6 @@ class QualityStage(Filter):
         self.verdict(clip, "quality", "low_quality" if worse else None, f"{self.metric} {score:.3f}")
 
     def describe(self) -> dict:
-        return {"model_id": f"pyiqa:{self.metric}", "weight_id": self.scorer.weight_id}
+        """Also the metric's direction, which the manifest records beside the threshold."""
+        return {"model_id": f"pyiqa:{self.metric}", "weight_id": self.scorer.weight_id,
+                "lower_better": bool(self.lower_better)}
