@@ -32,7 +32,7 @@ PORTRAIT = "lp_portrait_s12.jpg"
 TRAIN_SETTINGS = ("model.width=64", "model.layers=2", "model.heads=4", "model.w_pre=10", "model.w_cur=40",
                   "optim.lr=2e-3", "optim.warmup_steps=20", "data.batch_size=8", "data.num_workers=1",
                   "train.progress=false")
-FULL = {"steps": 200, "frames": 12, "bench_frames": 6}  # rendering is ~13 s a frame on 2 CPU cores
+FULL = {"steps": 100, "frames": 12, "bench_frames": 6}  # rendering is ~13 s a frame on 2 CPU cores
 TINY = {"steps": 10, "frames": 2, "bench_frames": 6}  # SyncNet scores tracks of 6 frames or more
 
 
