@@ -63,7 +63,7 @@ FULL = Sizes(dry_run=False, device="cuda", paper=ModelConfig(audio_dim=768),
              compile_backend="inductor", wav2vec2=None, side=64, frames=64, batches=(1, 8, 32),
              precisions=("fp32", "fp16", "bf16"), speech_s=10.0,
              animate_model=ModelConfig(audio_dim=768), animate_encoder="random:base", animate_diffusion_steps=50,
-             animate_args=(), job_videos=3, job_loops=6, qalign="full", job_settings=JOB_SETTINGS)
+             animate_args=("--sampler", "ddpm"), job_videos=3, job_loops=6, qalign="full", job_settings=JOB_SETTINGS)
 DRY = Sizes(dry_run=True, device="cpu", paper=TINY_TRAIN,
             public=ModelConfig(audio_dim=32, width=16, layers=2, heads=2, w_pre=5, w_cur=20), batch=2, train_steps=2,
             compile_backend="aot_eager", wav2vec2=TINY_WAV2VEC2, side=32, frames=1, batches=(1,),
