@@ -5,6 +5,8 @@ Three layers, cheapest first:
 1. Metadata (always, vectorised over the Parquet tables; a million clip rows take seconds): the
    schema version is known and the columns are the schema's; clip ids are unique; every kept clip
    names a shard, key and checksums, every rejected clip a stage and reason; no key is used twice;
+   a shard whose name says a split (``shard-NNNNNN-val.tar``) holds only clips of that split (older
+   outputs name shards without a split and mix both: accepted, the trainer reads them by key);
    no split group (speaker, face identity or source video) is in both train and val, and no
    validation clip's face is within the identity threshold of a training clip's; frame counts
    match the clip spans; the videos table agrees with the clips; ``stats.json`` counts the training
@@ -47,7 +49,7 @@ from shards.identity import IDENTITY_THRESHOLDS, nearest
 from shards.split import SPLITS, split_group
 from shards import storage
 from shards.stats import DatasetMoments
-from shards.format import FPS, MEMBERS, MOTION_SHAPES, SAMPLE_RATE, SAMPLES_PER_FRAME
+from shards.format import FPS, MEMBERS, shard_split, MOTION_SHAPES, SAMPLE_RATE, SAMPLES_PER_FRAME
 from shards.reader import SampleError, decode_sample, iter_raw
 from shards.vector import VECTOR_DIM
 
@@ -173,6 +175,7 @@ def check_metadata(output: PipelineOutput) -> list[Problem]:
     problems += check_clip_rows(clips, kept)
     problems += check_checksum_column(output.clip_column("sha256"), kept.to_numpy())
     problems += check_split_leak(clips, kept)
+    problems += check_shard_splits(clips, kept)
     problems += check_identity_leak(output, kept)
     problems += check_videos(output.videos, clips, kept)
     problems += check_stats_counts(output.stats, output.stats_error, clips, kept)
@@ -310,6 +313,16 @@ def _embedding_rows(embeddings: pa.ListArray, rows: np.ndarray) -> np.ndarray:
     """(len(rows), D) float32 embeddings of those rows of the list column."""
     picked = embeddings.take(pa.array(rows))
     return np.asarray(picked.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(rows), -1)
+
+
+def check_shard_splits(clips: pd.DataFrame, kept: pd.Series) -> list[Problem]:
+    """A shard holds one split: every kept clip in a shard named for a split is of that split."""
+    rows = clips.loc[(kept & clips["shard"].notna()).to_numpy(), ["clip_id", "shard", "key", "split"]]
+    named = {name: shard_split(name) for name in rows["shard"].astype(str).unique()}
+    says = rows["shard"].astype(str).map(named)
+    wrong = says.notna() & (says != rows["split"])
+    return _flagged("shard_split", rows.assign(says=says), wrong, ["clip_id", "shard", "key", "split", "says"],
+                    lambda r: f"{r.split} clip {r.clip_id} is in a {r.says} shard")
 
 
 def check_split_leak(clips: pd.DataFrame, kept: pd.Series) -> list[Problem]:

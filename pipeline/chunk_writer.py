@@ -1,7 +1,9 @@
 """Finish one chunk: its shards, its manifest parts and, last, its done file.
 
 Clips are written in a fixed order (source, then span), so a chunk redone after a crash gives the
-same shards byte for byte. Each kept clip's moments (``shards.stats``) are computed from the
+same shards byte for byte. Training and validation clips go to separate shards whose names say the
+split (``shard-NNNNNN-train.tar``, ``shard-NNNNNN-val.tar``), so a reader of one split never reads
+the other's bytes. Each kept clip's moments (``shards.stats``) are computed from the
 arrays as written and stored in ``moments/chunk-NNNNNN.parquet``; the merged moments of the chunk's
 training clips go into the done file, so the run's statistics never read a shard back. The done
 file is written only once everything else is in place: a chunk without it is redone from scratch
@@ -9,6 +11,7 @@ by the next run, and anything it left is replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from typing import Any, Callable, Mapping
@@ -20,7 +23,7 @@ from pipeline.manifest_writer import RunMeta, clip_row, video_row, write_parts
 from pipeline.outdir import SHARDS, OutputDir, done_name
 from pipeline.stages.base import error_text
 from shards.format import FPS, SHARD_NAME_RE, int16_samples
-from shards.split import TRAIN, assign_split, split_group
+from shards.split import SPLITS, TRAIN, assign_split, split_group
 from shards.stats import DatasetMoments, moments_name, moments_table
 from shards.writer import ShardWriter
 
@@ -58,8 +61,11 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
     clips = sorted(clips, key=lambda c: (c.source, c.start_s, c.end_s))
     rows = []
     moments: list[tuple[dict[str, str], DatasetMoments]] = []
-    writer = ShardWriter(out.local_path(SHARDS), chunk, int(float(cfg["work"]["shard_target_mb"]) * 2**20))
-    with writer:
+    target_bytes = int(float(cfg["work"]["shard_target_mb"]) * 2**20)
+    writers = {split: ShardWriter(out.local_path(SHARDS), chunk, target_bytes, split) for split in SPLITS}
+    with contextlib.ExitStack() as stack:
+        for writer in writers.values():
+            stack.enter_context(writer)
         for clip in clips:
             group = split_group(clip.speaker, clip.video_id, (identities or {}).get(clip.video_id))
             split = assign_split(group, val_fraction)
@@ -69,7 +75,7 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
             try:
                 full = fetch(clip)
                 clip_moments = DatasetMoments.of_clip(full.motion, full.audio_feat)
-                shard, hashes = writer.write(clip.clip_id, full.motion, full.audio_feat,
+                shard, hashes = writers[split].write(clip.clip_id, full.motion, full.audio_feat,
                                              int16_samples(full.audio), sample_meta(full, split, meta))
             except Exception as exc:  # noqa: BLE001 - a clip that cannot be written is rejected
                 clip.reject("write", "invalid_sample", error_text(exc))
@@ -78,7 +84,8 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
             rows.append(clip_row(clip, split, meta, shard, hashes, split_group=group))
             moments.append(({"shard": shard, "key": clip.clip_id, "split": split,
                              "dataset": clip.dataset}, clip_moments))
-    for name in writer.written:
+    written = [name for writer in writers.values() for name in writer.written]
+    for name in written:
         out.publish(f"{SHARDS}/{name}")
 
     by_video: dict[str, list[Clip]] = {}
@@ -93,7 +100,7 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
         if labels["split"] == TRAIN:
             train_moments.merge(clip_moments)
 
-    done = {**chunk_stats(chunk, videos, clips, writer.written), "model_ids": meta.model_ids,
+    done = {**chunk_stats(chunk, videos, clips, written), "model_ids": meta.model_ids,
             "weight_hashes": meta.weight_hashes, "random_weights": meta.random_weights,
             "train_moments": train_moments.to_dict()}
     out.write_bytes(done_name(chunk), json.dumps(done, indent=1, sort_keys=True).encode())

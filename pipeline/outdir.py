@@ -3,7 +3,7 @@
 Layout::
 
     OUT/plan/plan-0000.parquet             video -> chunk (pipeline.plan)
-    OUT/shards/shard-000123[-01].tar       kept clips of chunk 123
+    OUT/shards/shard-000123-train[-01].tar kept training clips of chunk 123 (-val: validation)
     OUT/manifests/parts/chunk-000123.{videos,clips}.parquet
     OUT/done/chunk-000123.json             chunk 123 is complete (written last)
     OUT/manifests/videos.parquet, clips.parquet, OUT/stats.json, OUT/run.json, OUT/config.yaml

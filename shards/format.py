@@ -34,14 +34,24 @@ MOTION_SHAPES: dict[str, tuple[int, ...]] = {
 }
 MEMBERS = ("motion.npz", "audio_feat.npy", "audio.flac", "json")
 INT16_SCALE = 32768.0  # float audio in [-1, 1] <-> int16 samples (the scaling SyncNet's MFCC expects)
-# A shard's name: ``shard-<chunk, 6 digits>.tar``, and ``-<part, 2 digits>`` before ``.tar`` once a
-# chunk's shard rolls over. The writer makes names with ``shard_name``; readers match them with this.
-SHARD_NAME_RE = re.compile(r"^shard-(?P<chunk>\d{6})(?:-(?P<part>\d{2}))?\.tar$")
+# A shard's name: ``shard-<chunk, 6 digits>-<split>.tar`` (train or val: a shard holds one split),
+# and ``-<part, 2 digits>`` before ``.tar`` once a chunk's shard of that split rolls over. Outputs
+# written before shards were split by split name them without the split and mix both splits; readers
+# accept both. The writer makes names with ``shard_name``; readers match them with this.
+SHARD_NAME_RE = re.compile(r"^shard-(?P<chunk>\d{6})(?:-(?P<split>train|val))?(?:-(?P<part>\d{2}))?\.tar$")
 
 
-def shard_name(chunk: int, part: int = 0) -> str:
-    """The name of part ``part`` of chunk ``chunk``'s shard (part 0 has no suffix)."""
-    return f"shard-{chunk:06d}" + (f"-{part:02d}" if part else "") + ".tar"
+def shard_name(chunk: int, part: int = 0, split: str | None = None) -> str:
+    """The name of part ``part`` of chunk ``chunk``'s shard of ``split`` (part 0 has no suffix;
+    ``split=None`` gives the older, mixed name)."""
+    return (f"shard-{chunk:06d}" + (f"-{split}" if split else "") + (f"-{part:02d}" if part else "")
+            + ".tar")
+
+
+def shard_split(name: str) -> str | None:
+    """The split a shard's name says (``train``/``val``), or None for an older, mixed shard."""
+    match = SHARD_NAME_RE.match(name.rsplit("/", 1)[-1])
+    return match["split"] if match else None
 
 
 def int16_samples(audio: np.ndarray) -> np.ndarray:

@@ -69,14 +69,16 @@ def checksums(members: dict[str, bytes]) -> dict[str, str]:
 
 
 class ShardWriter:
-    """Writes ``shard-{index:06d}.tar``, rolling over to ``shard-{index:06d}-{part:02d}.tar``
-    once a shard reaches ``target_bytes``. Use as a context manager; call :meth:`abort` (or let an
+    """Writes ``shard-{index:06d}[-{split}].tar``, rolling over to ``...-{part:02d}.tar`` once a
+    shard reaches ``target_bytes``. Use as a context manager; call :meth:`abort` (or let an
     exception propagate) to drop the shard being written."""
 
-    def __init__(self, out_dir: str | Path, index: int, target_bytes: int = 1 << 30):
+    def __init__(self, out_dir: str | Path, index: int, target_bytes: int = 1 << 30,
+                 split: str | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.index = index
+        self.split = split
         self.target_bytes = target_bytes
         self.part = 0
         self.written: list[str] = []  # completed shard names, in order
@@ -84,7 +86,7 @@ class ShardWriter:
         self._size = 0
 
     def _name(self) -> str:
-        return shard_name(self.index, self.part)
+        return shard_name(self.index, self.part, self.split)
 
     def _open(self) -> None:
         self._path = self.out_dir / self._name()

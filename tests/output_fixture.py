@@ -184,8 +184,11 @@ def _write_sources(folder: Path) -> list[Path]:
     return paths
 
 
-def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: int = 0) -> FixtureOutput:
-    """Write a complete pipeline output folder at ``out`` (source videos beside it by default)."""
+def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: int = 0,
+                 split_shards: bool = False) -> FixtureOutput:
+    """Write a complete pipeline output folder at ``out`` (source videos beside it by default).
+    ``split_shards``: one shard per chunk and split, named for it, as the job writes today; without
+    it a chunk's shard holds both splits, as outputs written before that change do."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     sources = _write_sources(Path(sources_dir) if sources_dir else out.parent / f"{out.name}_sources")
@@ -193,7 +196,7 @@ def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: i
     video_rows, clip_rows = [], []
     train_moments = DatasetMoments()  # the job's rule (shards.stats), clip by clip
     chunk_moments: dict[int, list] = {}
-    writers: dict[int, ShardWriter] = {}
+    writers: dict[tuple[int, str | None], ShardWriter] = {}
     thresholds_json = json.dumps(FILTERS, sort_keys=True)
 
     for index, (dataset, language, speaker, split, outcomes) in enumerate(VIDEO_PLAN):
@@ -228,9 +231,11 @@ def build_output(out: str | Path, sources_dir: str | Path | None = None, seed: i
                 meta = {"clip_id": clip_id, "source": source, "start_s": start_s, "end_s": end_s,
                         "fps": FPS, "dataset": dataset, "language": language, "speaker": speaker,
                         "split": split, "scores": scores, "model_ids": MODEL_IDS}
-                if chunk not in writers:
-                    writers[chunk] = ShardWriter(out / "shards", chunk, SHARD_TARGET_BYTES)
-                shard, digests = writers[chunk].write(clip_id, motion, feat, _audio(n_frames, rng), meta)
+                shard_split = split if split_shards else None
+                if (chunk, shard_split) not in writers:
+                    writers[chunk, shard_split] = ShardWriter(out / "shards", chunk, SHARD_TARGET_BYTES,
+                                                              shard_split)
+                shard, digests = writers[chunk, shard_split].write(clip_id, motion, feat, _audio(n_frames, rng), meta)
                 row.update(shard=shard, key=clip_id, sha256=json.dumps(digests, sort_keys=True))
                 clip.shard = shard
                 n_kept += 1

@@ -379,3 +379,26 @@ def test_rethreshold_loosening_reports_unfeaturised_and_bad_files(clean, tmp_pat
     rules.write_text("thresholds:\n  sharpness: {min: 1}\n")
     assert main([str(clean.root), "--rethreshold", str(rules)]) == 2
     assert "unknown score 'sharpness'" in capsys.readouterr().err
+
+
+def test_a_shard_holds_one_split(tmp_path, capsys):
+    """Shards named for their split audit clean (deep: every sample's own split agrees); a validation
+    shard renamed as a training one is reported clip by clip."""
+    fixture = build_output(tmp_path / "out", split_shards=True)
+    root = fixture.root
+    names = sorted(p.name for p in (root / "shards").glob("*.tar"))
+    assert "shard-000000-train.tar" in names and "shard-000000-val.tar" in names
+    assert all(c.shard.split("-")[2].split(".")[0] == c.split for c in fixture.kept)
+    code, report = run_audit(root, "--deep", capsys=capsys)
+    assert code == 0 and report["problems"] == []
+    val_shard = "shard-000000-val.tar"
+    moved = [c.clip_id for c in fixture.kept if c.shard == val_shard]
+    (root / "shards" / val_shard).rename(root / "shards" / "shard-000000-train-05.tar")
+    table = pq.read_table(root / "manifests" / "clips.parquet")
+    shards = pc.if_else(pc.equal(table.column("shard"), val_shard), pa.scalar("shard-000000-train-05.tar"),
+                        table.column("shard"))
+    write_clips(root, table.set_column(table.schema.get_field_index("shard"), "shard", shards))
+    code, report = run_audit(root, capsys=capsys)
+    assert code == 1 and checks_found(report) == {"shard_split"}
+    assert sorted(p["key"] for p in report["problems"]) == sorted(moved)
+    assert all(p["shard"] == "shard-000000-train-05.tar" for p in report["problems"])

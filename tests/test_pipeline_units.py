@@ -28,6 +28,7 @@ from pipeline.stages.cheap_filter import AudioFilterStage, DurationFilterStage
 from pipeline.stages.head_motion import HeadMotionStage
 from pipeline.stages.sync import shift_audio
 from pipeline.stats import compute_stats, merged_stats
+from shards.reader import iter_samples
 from shards.stats import RunningMoments
 from shards.format import FPS, MOTION_SHAPES, SAMPLES_PER_FRAME
 from shards.vector import motion_to_vector
@@ -232,13 +233,20 @@ def test_chunk_writer_and_stats_on_a_remote_output(tmp_path: Path):
     full = {c.clip_id: c for c in clips}
     done = write_chunk(out, 7, [video], [c.summary() for c in clips], lambda s: full[s.clip_id], meta, cfg)
     root = tmp_path / "bucket" / "runs" / "out"
-    assert (root / "shards" / "shard-000007.tar").is_file() and (root / "done" / "chunk-000007.json").is_file()
+    assert (root / "done" / "chunk-000007.json").is_file()
     assert done["kept"] == 3 and done["clip_rejections"] == {"write/invalid_sample": 1}
     assert not any(out.staging.rglob("*.tar")), "uploaded files leave the staging folder"
     rows = pq.read_table(root / "manifests" / "parts" / "chunk-000007.clips.parquet").to_pylist()
     assert [r["kept"] for r in rows] == [True, False, True, True]
     train_ids = {r["clip_id"] for r in rows if r["kept"] and r["split"] == TRAIN}
-    stats = compute_stats(out, ["shard-000007.tar"])
+    # one shard per split, named for it, each holding only its split's samples (by the samples' own meta)
+    assert sorted(done["shards"]) == ["shard-000007-train.tar", "shard-000007-val.tar"]
+    for row in (r for r in rows if r["kept"]):
+        assert row["shard"] == f"shard-000007-{row['split']}.tar"
+    for name in done["shards"]:
+        splits = {s["meta"]["split"] for s in iter_samples(root / "shards" / name)}
+        assert splits == {name.split("-")[2].removesuffix(".tar")}
+    stats = compute_stats(out, done["shards"])
     train = [c for c in clips if c.clip_id in train_ids]
     assert len(train) == 2, "speaker a is in val, b is not written, c and d are in train"
     assert stats["n_clips"] == 2 and stats["n_frames"] == sum(c.n_frames for c in train)
