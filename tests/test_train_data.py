@@ -1,5 +1,6 @@
 """Streaming windows from shards of real motion: normalisation, windows, determinism, bad shards."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,9 +10,9 @@ from omegaconf import OmegaConf
 
 from configs import load_config
 from shards.vector import motion_to_vector
-from training.data import (Clip, DataStreamError, FeatureWidthError, WindowSampler, WindowStream,
-                           assemble_batch, batches_from_worker, dataset_multipliers, decode_clip,
-                           find_inputs, first_clip, make_loader)
+from training.data import (Clip, DataStreamError, FeatureWidthError, MissingShardsError, WindowSampler,
+                           WindowStream, assemble_batch, dataset_multipliers, decode_clip, find_inputs,
+                           first_clip, make_loader, stream_of)
 from training.model import ModelConfig
 from training.normalize import Normalizer, StatsError, load_stats
 from tests.motion_fixtures import fixture_clips, write_dataset
@@ -32,11 +33,12 @@ def dataset(media, tmp_path_factory):
     return root, clips
 
 
-def stream(root, split="train", resample=True, consumed=0, seed=0, batch_size=4, urls=None, **cfg):
+def stream(root, split="train", resample=True, consumed=0, seed=0, batch_size=4, urls=None, positions=None,
+           **cfg):
     inputs = find_inputs(root)
     normalizer = Normalizer(load_stats(inputs.stats_path))
     return WindowStream(urls or inputs.shards[split], normalizer, MODEL, data_cfg(**cfg), split, seed,
-                        batch_size, resample=resample, consumed_batches=consumed)
+                        batch_size, resample=resample, consumed_batches=consumed, positions=positions)
 
 
 def test_normalizer_scales_expression_and_pose(dataset):
@@ -123,20 +125,28 @@ def test_batches_copy_the_right_frames_and_masks():
     assert [(t.start, t.n_cur) for t in sampler.tile(clip)] == [(0, 20), (20, 20), (40, 10)]
 
 
-def test_stream_is_deterministic_and_skips_exactly(dataset):
+def same_windows(x, y) -> bool:
+    return all(torch.equal(x[k], y[k]) for k in ("motion", "audio", "valid", "first")) and x["keys"] == y["keys"]
+
+
+def test_stream_is_deterministic_and_continues_from_a_position(dataset):
     root, _ = dataset
     def take(s, n):
         it = iter(s)
         return [next(it) for _ in range(n)]
-    a = take(stream(root), 8)
-    b = take(stream(root), 8)
-    skipped = take(stream(root, consumed=5), 3)
+    a = take(stream(root), 12)
+    b = take(stream(root), 12)
     other = take(stream(root, seed=1), 8)
-    for x, y in zip(a, b):
-        assert all(torch.equal(x[k], y[k]) for k in ("motion", "audio", "valid", "first"))
-    for x, y in zip(a[5:], skipped):
-        assert all(torch.equal(x[k], y[k]) for k in ("motion", "audio", "valid", "first"))
+    assert all(same_windows(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x["motion"], y["motion"]) for x, y in zip(a, other))
+    # the position after any batch restarts the stream there: mid-visit and at a visit's start alike
+    visits = [tuple(x["position"]) for x in a]
+    changes = [i for i in range(1, len(visits)) if visits[i][0] != visits[i - 1][0]]
+    assert changes, visits  # the 12 batches span more than one shard visit
+    for done in (1, 5, changes[0]):
+        resumed = take(stream(root, positions=[a[done - 1]["position"]]), 12 - done)
+        assert all(same_windows(x, y) for x, y in zip(a[done:], resumed))
+        assert [tuple(x["position"]) for x in resumed] == visits[done:]
     batch = a[0]
     assert batch["motion"].shape == (4, 25, 70) and batch["audio"].shape == (4, 25, 16)
     assert int(batch["errors"]) == 0
@@ -150,19 +160,21 @@ def test_stream_is_deterministic_and_skips_exactly(dataset):
 
 def test_loader_workers_alternate_and_resume_at_the_same_batch(dataset):
     root, _ = dataset
-    assert [batches_from_worker(5, w, 2) for w in (0, 1)] == [3, 2]
-    def take(consumed, n):
+    assert [stream_of(w, 2, 5) for w in (0, 1)] == [1, 0]
+    def take(consumed, n, positions=None):
         out = []
-        for batch in make_loader(stream(root, consumed=consumed), num_workers=2):
+        for batch in make_loader(stream(root, consumed=consumed, positions=positions), num_workers=2):
             out.append(batch)
             if len(out) == n:
                 return out
-    straight = take(0, 7)
-    assert [int(b["worker"]) for b in straight] == [0, 1, 0, 1, 0, 1, 0]
+    straight = take(0, 9)
+    assert [int(b["stream"]) for b in straight] == [0, 1, 0, 1, 0, 1, 0, 1, 0]
     for consumed in (3, 4):  # resuming after an odd and an even number of batches
-        resumed = take(consumed, 3)
-        for x, y in zip(straight[consumed:], resumed):
-            assert torch.equal(x["motion"], y["motion"]) and torch.equal(x["valid"], y["valid"])
+        positions = [(0, 0), (0, 0)]
+        for batch in straight[:consumed]:  # what the trainer records, batch by batch
+            positions[int(batch["stream"])] = tuple(batch["position"])
+        resumed = take(consumed, 5, positions)
+        assert all(same_windows(x, y) for x, y in zip(straight[consumed:], resumed))
 
 
 def test_validation_tiles_val_clips_only(dataset):
@@ -203,9 +215,11 @@ def test_corrupt_shards_are_skipped_and_counted(dataset, tmp_path):
 
 def test_a_stream_of_only_bad_shards_stops_with_an_error(dataset, tmp_path):
     root, _ = dataset
-    _, bad = corrupt_copies(root, tmp_path)
+    good, bad = corrupt_copies(root, tmp_path)
+    headless = tmp_path / "shard-000092.tar"  # cut inside its first sample: nothing readable
+    headless.write_bytes(Path(good[0]).read_bytes()[:3000])
     with pytest.raises(DataStreamError, match="in a row"):
-        next(iter(stream(root, urls=bad, max_consecutive_errors=20)))
+        next(iter(stream(root, urls=[bad[1], str(headless)], max_consecutive_errors=20)))
     with pytest.raises(DataStreamError, match="no readable 'train' clip"):
         first_clip(bad[1:], "train", Normalizer(load_stats(root / "stats.json")), 16)
 
@@ -266,3 +280,28 @@ def test_shards_without_clips_of_the_split_stop_with_an_error(dataset):
     val_only = [str(p) for p in sorted((root / "shards").glob("*.tar"))][-1:]  # holds the 2 val clips
     with pytest.raises(DataStreamError, match="shard visits without a clip"):
         next(iter(stream(root, urls=val_only)))
+
+
+def test_missing_shards_named_by_the_manifest_are_an_error_naming_them(dataset, tmp_path):
+    root, _ = dataset
+    manifest = tmp_path / "clips.parquet"
+    pd.DataFrame({"dataset": ["d"] * 3, "n_frames": [100] * 3, "kept": [True] * 3,
+                  "split": ["train", "train", "val"], "key": ["a", "b", "c"],
+                  "shard": ["shard-000000.tar", "shard-000077-train.tar", "shard-000078-val.tar"]}
+                 ).to_parquet(manifest)
+    with pytest.raises(MissingShardsError, match="2 of the 3 shards .* shard-000077-train.tar, "
+                                                 "shard-000078-val.tar .*allow_missing_shards"):
+        find_inputs(root, manifest=manifest)
+    inputs = find_inputs(root, manifest=manifest, allow_missing_shards=True)
+    assert [p.rsplit("/", 1)[1] for p in inputs.shards["train"]] == ["shard-000000.tar"]
+    assert inputs.shards["val"] == []
+
+
+def test_without_a_manifest_a_shard_named_for_a_split_serves_that_split_only(tmp_path):
+    for name in ("shard-000000-train.tar", "shard-000000-val.tar", "shard-000001-train-01.tar",
+                 "shard-000002.tar"):
+        (tmp_path / name).write_bytes(b"")
+    shards = find_inputs(tmp_path).shards
+    names = {split: [p.rsplit("/", 1)[1] for p in paths] for split, paths in shards.items()}
+    assert names == {"train": ["shard-000000-train.tar", "shard-000001-train-01.tar", "shard-000002.tar"],
+                     "val": ["shard-000000-val.tar", "shard-000002.tar"]}

@@ -2,13 +2,13 @@
 
 The stream, per loader worker and per rank::
 
-    shards (resampled forever for training; listed once for validation)
+    shard visits (one shard at a time, picked at random, forever)
       -> tar samples (a truncated or corrupt shard or sample is skipped and counted)
-      -> clips: split filter on the metadata first, then decode, the 70-dim vector, normalisation
+      -> clips: key and split filter first, then decode, the 70-dim vector, normalisation
       -> clip shuffle buffer
-      -> window pool: a few decoded clips at a time; each clip yields a budget of windows
-         (``coverage * frames / window``, times its dataset's oversampling factor) drawn at random
-         starts, so one decode feeds many windows and memory stays flat
+      -> window pool: a few decoded clips of the shard at a time; each clip yields a budget of
+         windows (``coverage * frames / window``, times its dataset's oversampling factor) drawn at
+         random starts, so one decode feeds many windows and memory stays flat
       -> batches assembled straight from the clips' arrays.
 
 A window is ``w_pre`` frames of previous context then ``w_cur`` current frames. A window starting
@@ -20,20 +20,28 @@ clip's end) carry zero motion and zero audio and are masked. Validation tiles ea
 
 The manifest decides, clip by clip: each split reads the shards holding its kept clips and, in
 them, only the samples whose key the manifest keeps (a re-thresholded manifest from
-``manifests.audit --rethreshold ... --write-manifest`` trains exactly its selection). Without a
-manifest every sample's ``meta["split"]`` decides. The statistics follow the same selection: the
-output's ``stats.json`` for its own manifest, otherwise merged from the per-clip moments the job
-stored (``shards.stats``), never by reading the shards.
+``manifests.audit --rethreshold ... --write-manifest`` trains exactly its selection). The job
+writes each split to its own shards (``shard-NNNNNN-train.tar``, ``-val.tar``), so the training
+stream never reads a validation sample's bytes; older outputs mix both splits in a shard and still
+train, by key. Without a manifest a shard's name, else every sample's ``meta["split"]``, decides. A
+shard the manifest names but the folder lacks is an error naming it, unless
+``data.allow_missing_shards`` is set. The statistics follow the same selection: the output's
+``stats.json`` for its own manifest, otherwise merged from the per-clip moments the job stored
+(``shards.stats``), never by reading the shards.
 
 Shards are read from wherever the job wrote them: a folder or an object-store URI (``s3://``,
 ``gs://``; endpoints from the environment as for the job, ``shards.storage``), streamed.
 
-Determinism: every worker's stream is a pure function of (seed, rank, worker), so a resumed run
-regenerates it and discards the batches already consumed (``consumed_batches``), which reproduces
-the straight run exactly. With a manifest (which says which shards hold training clips) the shards
-are split across ranks and each rank resamples its own share; without one every rank resamples all
-of them with its own seed. Loader workers resample independently with their own seeds. Validation
-batches are a fixed-seed sample of the tiled windows of the whole validation split.
+Determinism and resuming: a training stream (one per rank and loader worker) is a sequence of
+shard *visits*. Visit ``v`` picks its shard and draws all its randomness from a generator seeded by
+(seed, rank, stream, v), and its windows come from that shard's clips alone, so the stream's
+position after any batch is two counters: (visit, windows drawn in that visit). Each batch carries
+its position; the checkpoint stores the last consumed one per stream, and a resumed stream
+regenerates that one visit and skips its first windows: at most one shard is read again, however
+many steps the run had made, and the windows that follow are those of the straight run. With a
+manifest (which says which shards hold training clips) the shards are split across ranks; without
+one every rank samples all of them with its own seed. The validation set is chosen from the
+manifest by key (``training.validation_set``).
 
 Per-dataset mixing: the paper oversamples so that each dataset contributes equally. The manifest
 gives each dataset's training frames; a clip's window budget is multiplied by
@@ -58,7 +66,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from shards import storage
-from shards.format import SHARD_NAME_RE
+from shards.format import SHARD_NAME_RE, shard_split
 from shards.reader import SampleError, decode_sample
 from shards.split import SPLITS
 from shards.stats import STATS_FILE, DatasetMoments, merge_rows, moments_name
@@ -102,15 +110,22 @@ class DataInputs:
         return selection_stats(self.root, self.clips, self.manifest_path)
 
 
-def find_inputs(root: str | Path, stats: str | Path | None = None,
-                manifest: str | Path | None = None) -> DataInputs:
+class MissingShardsError(FileNotFoundError):
+    """Shards the manifest names are not in the output folder."""
+
+
+def find_inputs(root: str | Path, stats: str | Path | None = None, manifest: str | Path | None = None,
+                allow_missing_shards: bool = False) -> DataInputs:
     """Locate ``root/shards/*.tar`` (or ``root/*.tar``), the statistics and the clips manifest.
 
     ``root``, ``stats`` and ``manifest`` may be paths or URIs. With a manifest (``manifest``, else
     ``root/manifests/clips.parquet`` when present) each split reads only the shards holding its
-    kept clips, and only those clips; without one, both splits read every shard and the
-    per-sample ``meta["split"]`` decides. Statistics: ``stats`` when given, else ``root/stats.json``
-    for the output's own manifest, else recomputed for the other manifest's selection.
+    kept clips, and only those clips; a shard it names that the folder lacks is a
+    :class:`MissingShardsError` (a warning with ``allow_missing_shards``: the rest is read).
+    Without one, a shard named for a split serves that split and an older, unnamed shard both,
+    where the per-sample ``meta["split"]`` decides. Statistics: ``stats`` when given, else
+    ``root/stats.json`` for the output's own manifest, else recomputed for the other manifest's
+    selection.
     """
     root = str(root)
     shard_dir = storage.join(root, "shards") if storage.is_dir(storage.join(root, "shards")) else root
@@ -120,20 +135,23 @@ def find_inputs(root: str | Path, stats: str | Path | None = None,
     own_manifest = storage.join(root, MANIFEST_FILE)
     manifest_path = str(manifest) if manifest else own_manifest
     stats_path = str(stats) if stats else None
-    shards = {split: list(paths) for split in SPLITS}
+    shards = {split: [p for p in paths if shard_split(p) in (split, None)] for split in SPLITS}
     keys: dict[str, frozenset[str] | None] = {split: None for split in SPLITS}
     clips = None
     if storage.is_file(manifest_path):
         clips = read_kept_clips(manifest_path)
         by_name = {p.rsplit("/", 1)[-1]: p for p in paths}
+        named = sorted(set(clips["shard"].dropna()))
+        missing = [n for n in named if n not in by_name]
+        if missing:
+            text = (f"{len(missing)} of the {len(named)} shards named in {manifest_path} are not in "
+                    f"{shard_dir}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+            if not allow_missing_shards:
+                raise MissingShardsError(f"{text} (set data.allow_missing_shards=true to train on the rest)")
+            log.warning("%s; training on the rest (data.allow_missing_shards)", text)
         for split in SPLITS:
             in_split = clips[clips["split"] == split]
-            names = sorted(set(in_split["shard"].dropna()))
-            missing = [n for n in names if n not in by_name]
-            if missing:
-                log.warning("%d %s shard(s) named in %s are not in %s, e.g. %s", len(missing), split,
-                            manifest_path, shard_dir, missing[0])
-            shards[split] = [by_name[n] for n in names if n in by_name]
+            shards[split] = [by_name[n] for n in sorted(set(in_split["shard"].dropna())) if n in by_name]
             if "key" in in_split:
                 keys[split] = frozenset(in_split["key"].dropna().astype(str))
     elif manifest:
@@ -430,19 +448,29 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def batches_from_worker(consumed: int, worker: int, num_workers: int) -> int:
-    """How many of the first ``consumed`` batches came from ``worker`` (the loader alternates)."""
-    return max(0, (consumed - worker + num_workers - 1) // num_workers)
+Position = tuple[int, int]  # (shard visit, windows drawn in that visit) after a stream's last batch
+
+
+def stream_of(loader_worker: int, num_workers: int, consumed_batches: int) -> int:
+    """The stream a loader worker plays after ``consumed_batches``: the DataLoader takes batches
+    from its workers in turn, starting with worker 0, and the next batch is due from stream
+    ``consumed % num_workers``."""
+    return (loader_worker + consumed_batches) % num_workers
 
 
 class WindowStream(IterableDataset):
-    """Batches of training (``resample=True``, endless) or validation (one pass) windows."""
+    """Batches of training (``resample=True``, endless) or validation (one pass) windows.
+
+    ``positions``: where each training stream starts, one per loader worker (the last consumed
+    batch's ``position`` for that stream; None: at the beginning). Each training batch carries
+    ``stream`` and ``position``.
+    """
 
     def __init__(self, urls: list[str], normalizer: Normalizer, model_cfg: ModelConfig,
                  data_cfg: Any, split: str, seed: int, batch_size: int, rank: int = 0,
                  world_size: int = 1, resample: bool = True, consumed_batches: int = 0,
                  multipliers: dict[str, float] | None = None, split_by_rank: bool = False,
-                 keys: frozenset[str] | None = None):
+                 keys: frozenset[str] | None = None, positions: list[Position] | None = None):
         if not urls:
             raise FileNotFoundError(f"no shards hold '{split}' clips")
         self.urls = list(urls)
@@ -455,6 +483,7 @@ class WindowStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.resample = resample
         self.consumed_batches = consumed_batches
+        self.positions = positions
         self.multipliers = multipliers or {}
         self.split_by_rank = split_by_rank
         self.keys = keys  # the manifest's kept clips of this split; None: every sample of the split
@@ -468,40 +497,56 @@ class WindowStream(IterableDataset):
             return self.urls[self.rank::self.world_size]
         return self.urls
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         loader_worker, num_workers = _worker()
-        # The DataLoader takes batches from its workers in turn, starting with worker 0. After
-        # ``consumed`` batches the next one is due from stream ``consumed % num_workers``, so a
-        # resumed loader's worker w plays that stream's part.
-        worker = (loader_worker + self.consumed_batches) % num_workers if self.resample else loader_worker
-        rng = np.random.default_rng([self.seed, self.rank, worker])
-        # Resampling picks shards at random: a shard holding clips of this split is missed 20 * n
-        # times running with odds below e^-20, so more visits than that mean there is none.
+        if not self.resample:
+            yield from self._validation_pass(loader_worker, num_workers)
+            return
+        stream = stream_of(loader_worker, num_workers, self.consumed_batches)
+        start = self.positions[stream] if self.positions and stream < len(self.positions) else (0, 0)
+        urls = self.rank_urls()
+        # A shard holding clips of this split is missed 20 * n visits running with odds below
+        # e^-20, so more visits than that mean there is none.
+        health = StreamHealth(self.data_cfg.max_consecutive_errors, 20 * len(urls) + 50)
+        group: list[WindowSpec] = []
+        for spec, position in self._positioned_windows(urls, stream, start, health):
+            group.append(spec)
+            if len(group) == self.batch_size:
+                batch = assemble_batch(group, self.model_cfg.w_pre, self.model_cfg.w_cur)
+                batch.update(errors=health.errors, worker=stream, stream=stream, position=position)
+                yield batch
+                group = []
+
+    def _positioned_windows(self, urls: list[str], stream: int, start: Position,
+                            health: StreamHealth) -> Iterator[tuple[WindowSpec, Position]]:
+        """Windows of visit after visit, each with the stream's position once it is drawn."""
+        visit, skip = start
+        while True:
+            rng = np.random.default_rng([self.seed, self.rank, stream, visit])
+            url = urls[int(rng.integers(len(urls)))]
+            for drawn, spec in enumerate(self._visit_windows(url, rng, health), start=1):
+                if drawn > skip:
+                    yield spec, (visit, drawn)
+            visit, skip = visit + 1, 0
+
+    def _visit_windows(self, url: str, rng: np.random.Generator,
+                       health: StreamHealth) -> Iterator[WindowSpec]:
+        """One visit to a shard: its clips, shuffled, through the window pool until each clip's
+        budget is spent. Everything random comes from ``rng``."""
+        samples = shard_samples(health.count_visits(iter([{"url": url}])), handler=health.handler)
+        shuffle = wds.shuffle(self.data_cfg.clip_shuffle, initial=self.data_cfg.clip_shuffle,
+                              rng=random.Random(int(rng.integers(2**62))))
+        yield from self._pooled_windows(shuffle(self._clips(samples, health)), rng)
+
+    def _validation_pass(self, loader_worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        """Every validation clip of the shards once, tiled as inference does."""
         health = StreamHealth(self.data_cfg.max_consecutive_errors, 20 * len(self.urls) + 50)
-        if self.resample:
-            stream_id = self.rank * 1000 + worker
-            source = [wds.ResampledShards(self.rank_urls(), seed=self.seed, deterministic=True,
-                                          worker_seed=lambda: stream_id)]
-        else:
-            source = [wds.SimpleShardList(self.urls), wds.split_by_worker]
-        stages = source + [
-            health.count_visits,
-            functools.partial(shard_samples, handler=health.handler),
-            functools.partial(self._clips, health=health),
-        ]
-        if self.resample:
-            stages += [wds.shuffle(self.data_cfg.clip_shuffle, initial=self.data_cfg.clip_shuffle,
-                                   rng=random.Random(int(rng.integers(2**62)))),
-                       functools.partial(self._pooled_windows, rng=rng)]
-        else:
-            stages += [self._tiled_windows]
-        skip = batches_from_worker(self.consumed_batches, worker, num_workers) if self.resample else 0
-        for index, specs in enumerate(self._group(wds.DataPipeline(*stages))):
-            if index < skip:
-                continue
-            batch = assemble_batch(specs, self.model_cfg.w_pre, self.model_cfg.w_cur)
-            batch["errors"] = health.errors
-            batch["worker"] = worker
+        urls = ({"url": url} for url in self.urls[loader_worker::num_workers])
+        clips = self._clips(shard_samples(urls, handler=health.handler), health)
+        specs = (spec for clip in clips for spec in self.sampler.tile(clip))
+        for group in _groups(specs, self.batch_size):
+            batch = assemble_batch(group, self.model_cfg.w_pre, self.model_cfg.w_cur)
+            batch.update(errors=health.errors, worker=loader_worker)
             yield batch
 
     def _clips(self, samples: Iterator[dict[str, Any]], health: StreamHealth) -> Iterator[Clip]:
@@ -545,19 +590,17 @@ class WindowStream(IterableDataset):
                 pool[i] = pool[-1]
                 pool.pop()
 
-    def _tiled_windows(self, clips: Iterator[Clip]) -> Iterator[WindowSpec]:
-        for clip in clips:
-            yield from self.sampler.tile(clip)
 
-    def _group(self, specs: Iterator[WindowSpec]) -> Iterator[list[WindowSpec]]:
-        group: list[WindowSpec] = []
-        for spec in specs:
-            group.append(spec)
-            if len(group) == self.batch_size:
-                yield group
-                group = []
-        if group and not self.resample:
+def _groups(specs: Iterator[WindowSpec], size: int) -> Iterator[list[WindowSpec]]:
+    """Consecutive groups of ``size`` windows, the last one possibly shorter."""
+    group: list[WindowSpec] = []
+    for spec in specs:
+        group.append(spec)
+        if len(group) == size:
             yield group
+            group = []
+    if group:
+        yield group
 
 
 def make_loader(stream: WindowStream, num_workers: int, pin_memory: bool = False) -> DataLoader:

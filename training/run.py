@@ -1,12 +1,15 @@
 """Train the audio-to-motion diffusion transformer from the pipeline's shards.
 
-    python -m training.run --shards OUT [--out RUN_DIR] [--resume] [--num-workers N] [key=value ...]
+    python -m training.run --shards OUT [--out RUN_DIR] [--resume | --overwrite] [--num-workers N]
+                           [--gpus-per-worker G] [key=value ...]
+    python -m training.run --out RUN_DIR --validate       # validation loss of RUN_DIR's checkpoint
 
 ``OUT`` is the pipeline's output folder (``shards/``, ``stats.json``, ``manifests/``). Defaults live
 in ``configs/train.yaml``; any key can be overridden (``model.layers=4 train.max_steps=1000``).
 Without ``--num-workers`` one process trains on the local CPU or GPU; ``--num-workers N`` runs N
-data-parallel copies under Ray Train (one per GPU when there are GPUs, gloo on CPU), each reading
-its own share of the shards. ``data.num_workers`` is the DataLoader processes *per* copy. Ray
+data-parallel copies under Ray Train, each reading its own share of the shards: one GPU each when
+the Ray cluster has GPUs (``--gpus-per-worker`` sets the share, 0 for CPUs), gloo on CPUs
+otherwise; each copy logs the node and device it got. ``data.num_workers`` is the DataLoader processes *per* copy. Ray
 joins the cluster named by ``RAY_ADDRESS`` (e.g. one started from ``ray_cluster.yaml``) or starts a
 local one; rank 0 writes the checkpoint and logs, so on several nodes RUN_DIR and OUT must be on
 storage every node sees.
@@ -15,8 +18,11 @@ The loop, one optimiser step per batch: diffuse the clean windows to a random st
 condition with p = 0.1, predict x0, masked losses, AdamW (or the paper's Adam, ``optim.name``) with warmup then cosine decay, gradient
 clipping, EMA. Every ``train.ckpt_every`` steps a checkpoint is written atomically to
 ``RUN_DIR/checkpoint.pt``; ``--resume`` restores everything it holds (weights, EMA, optimiser,
-scheduler, every random generator, data-stream position) so the resumed run matches a straight
-one. Validation loss (model and EMA) on the held-out split every ``train.val_every`` steps;
+scheduler, every random generator, each data stream's position, without replaying the batches
+already seen) so the resumed run matches a straight one. A fresh run refuses a folder that holds a
+checkpoint unless ``--overwrite`` (which removes the previous run's files) is given. Validation
+loss (model and EMA) on fixed windows of the held-out split every ``train.val_every`` steps, the
+windows chosen once and kept in ``RUN_DIR/validation.pt`` (``training.validation_set``);
 TensorBoard logs in ``RUN_DIR/tb``; ``RUN_DIR/summary.json`` at the end.
 """
 from __future__ import annotations
@@ -27,7 +33,10 @@ import hashlib
 import json
 import logging
 import math
+import os
+import platform
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,20 +52,48 @@ from omegaconf import DictConfig, OmegaConf
 
 from configs import load_config, save_config, to_dict
 from training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, pose_norm, save_checkpoint
-from training.data import (DataInputs, DataStreamError, FeatureWidthError, ModelBatch, WindowStream,
-                           dataset_multipliers, find_inputs, first_clip, make_loader, resolve_audio_dim,
-                           to_model_inputs, validation_batches)
+from training.data import (DataInputs, DataStreamError, FeatureWidthError, ModelBatch, Position,
+                           WindowStream, dataset_multipliers, find_inputs, first_clip, make_loader,
+                           resolve_audio_dim, to_model_inputs)
 from training import retired
 from training.diffusion import Diffusion
 from training.losses import LossWeights, motion_losses
 from training.model import ModelConfig, MotionDenoiser
 from training.retired import drop_retired
 from training.normalize import Normalizer
+from training.validation_set import CACHE_NAME, run_validation_set
 
 log = logging.getLogger("training")
 
 
 # ----------------------------------------------------------------------------- configuration
+
+class RunFolderError(ValueError):
+    """A fresh run pointed at a folder that holds another run's checkpoint."""
+
+
+# What a run writes in its folder: --overwrite removes these (and nothing else) first.
+RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "summary.json", CACHE_NAME, "tb", "ray")
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """A fresh run never replaces a checkpoint unasked: with one in ``run_dir`` it needs
+    ``--resume`` (continue it) or ``--overwrite`` (start again, the old run's files removed)."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other")
+    if resume or not (run_dir / CHECKPOINT_NAME).is_file():
+        return
+    if not overwrite:
+        raise RunFolderError(f"{run_dir} holds a checkpoint: pass --resume to continue that run, "
+                             f"--overwrite to replace it, or another --out")
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    log.info("--overwrite: removed the previous run's files from %s", run_dir)
+
 
 def resolve_config(run_dir: Path, resume: bool, overrides: list[str]) -> DictConfig:
     """A fresh run starts from configs/train.yaml; a resumed one from the run's own config.yaml."""
@@ -223,7 +260,8 @@ def load_run_inputs(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: 
         raise ValueError(f"train.precision must be bf16, fp16 or fp32, got {cfg.train.precision!r}")
     if cfg.optim.get("name", "adamw") not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {cfg.optim.name!r}")
-    inputs = find_inputs(shards, cfg.data.stats, cfg.data.manifest)
+    inputs = find_inputs(shards, cfg.data.stats, cfg.data.manifest,
+                         allow_missing_shards=bool(OmegaConf.select(cfg, "data.allow_missing_shards", default=False)))
     stats = inputs.load_stats()
     state = load_checkpoint(run_dir / CHECKPOINT_NAME) if resume else None
     if state is not None:
@@ -236,7 +274,7 @@ def load_run_inputs(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: 
     model_cfg = ModelConfig.from_dict(to_dict(cfg.model))
     first_clip(inputs.shards["train"], "train", normalizer, model_cfg.audio_dim,
                keys=inputs.keys["train"])  # width check
-    multipliers = dataset_multipliers(inputs.manifest_path, dict(cfg.data.dataset_weights))
+    multipliers = dataset_multipliers(inputs.clips, dict(cfg.data.dataset_weights))
     return RunInputs(inputs, stats, normalizer, model_cfg, multipliers, state)
 
 
@@ -335,20 +373,44 @@ def restore(trainer: Trainer, state: dict[str, Any], cfg: DictConfig, rank: int,
     log.info("resumed from step %d", trainer.step)
 
 
+def stream_positions(state: dict[str, Any] | None, cfg: DictConfig, rank: int,
+                     world_size: int) -> list[Position] | None:
+    """Where this rank's training streams continue: the checkpoint's positions when it was written
+    with the same ranks and loader workers; otherwise fresh visits past every recorded one (a
+    checkpoint from before positions were recorded starts the streams from their beginning)."""
+    if state is None:
+        return None
+    data_state = state["data_state"]
+    saved = data_state.get("positions")
+    if saved is None:
+        log.warning("the checkpoint records no data-stream positions: the streams start afresh")
+        return None
+    streams = max(1, int(cfg.data.num_workers))
+    if len(saved) == world_size and data_state["loader_workers"] == cfg.data.num_workers:
+        return [tuple(p) for p in saved[rank]]
+    past = 1 + max((p[0] for rank_positions in saved for p in rank_positions), default=-1)
+    return [(past, 0)] * streams
+
+
 def data_streams(cfg: DictConfig, run: RunInputs, device: torch.device, rank: int, world_size: int,
-                 step: int, main_rank: bool) -> tuple[Iterator[dict[str, torch.Tensor]], list[ModelBatch]]:
-    """The training batches (resuming at ``step``) and, on rank 0, the fixed validation batches."""
+                 step: int, main_rank: bool, run_dir: Path
+                 ) -> tuple[Iterator[dict[str, torch.Tensor]], list[ModelBatch]]:
+    """The training batches (continuing where the checkpoint left them) and, on rank 0, the fixed
+    validation batches."""
     inputs, normalizer, model_cfg = run.inputs, run.normalizer, run.model_cfg
     stream = WindowStream(inputs.shards["train"], normalizer, model_cfg, cfg.data, "train", cfg.seed,
                           cfg.data.batch_size, rank, world_size, resample=True,
                           consumed_batches=step, multipliers=run.multipliers,
-                          split_by_rank=inputs.manifest_path is not None, keys=inputs.keys["train"])
+                          split_by_rank=inputs.manifest_path is not None, keys=inputs.keys["train"],
+                          positions=stream_positions(run.state, cfg, rank, world_size))
     batches = iter(make_loader(stream, cfg.data.num_workers, pin_memory=device.type == "cuda"))
-    val_batches = [to_model_inputs(b, normalizer, device) for b in validation_batches(
-        inputs.shards["val"], normalizer, model_cfg, cfg.data, VALIDATION_SEED, cfg.train.val_batches,
-        cfg.data.batch_size, keys=inputs.keys["val"])] if main_rank else []
-    if main_rank and not val_batches:
-        log.warning("no validation clips: validation loss is skipped")
+    val_batches: list[ModelBatch] = []
+    if main_rank:
+        vset = run_validation_set(run_dir, inputs, normalizer, model_cfg, cfg.data, cfg.train.val_batches,
+                                  cfg.data.batch_size, VALIDATION_SEED)
+        val_batches = [to_model_inputs(b, normalizer, device) for b in vset.batches]
+        if not val_batches:
+            log.warning("no validation clips: validation loss is skipped")
     return batches, val_batches
 
 
@@ -417,13 +479,13 @@ class RunLog:
 
 
 def save_run_checkpoint(path: Path, trainer: Trainer, run: RunInputs, cfg: DictConfig,
-                        rngs: list[dict[str, Any]], world_size: int) -> None:
+                        rngs: list[dict[str, Any]], positions: list[list[Position]], world_size: int) -> None:
     save_checkpoint(path, {
         "model": trainer.model.state_dict(), "ema": trainer.ema.state_dict(),
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "step": trainer.step, "rng": rngs,
         "data_state": {"batches_consumed": trainer.step, "loader_workers": cfg.data.num_workers,
-                       "world_size": world_size, "seed": cfg.seed},
+                       "world_size": world_size, "seed": cfg.seed, "positions": positions},
         "model_config": run.model_cfg.to_dict(), "stats": run.stats, "train_config": to_dict(cfg)})
 
 
@@ -446,6 +508,7 @@ def run_summary(trainer: Trainer, start_step: int, elapsed: float, world_size: i
 def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool = False,
           rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> dict[str, Any]:
     """Train (or continue) one run; returns its summary. Set-up, the loop, checkpoint and log."""
+    entered = time.perf_counter()
     run_dir = Path(run_dir)
     main_rank = rank == 0
     if cfg.train.threads:
@@ -454,20 +517,26 @@ def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool
     run = load_run_inputs(cfg, shards, run_dir, resume)
     w_pre = run.model_cfg.w_pre
     trainer = build_trainer(cfg, run.model_cfg, device, rank, world_size, run.state)
-    batches, val_batches = data_streams(cfg, run, device, rank, world_size, trainer.step, main_rank)
+    batches, val_batches = data_streams(cfg, run, device, rank, world_size, trainer.step, main_rank, run_dir)
     run_log = RunLog(cfg, run_dir, trainer.step) if main_rank else None
     if run_log is not None and val_batches and trainer.step == 0:
         run_log.validate(trainer, val_batches, cfg, w_pre)  # the untrained baseline
 
     errors_by_worker: dict[int, int] = {}
-    started, start_step = time.time(), trainer.step
+    streams = max(1, int(cfg.data.num_workers))
+    positions: list[Position] = list(stream_positions(run.state, cfg, rank, world_size) or [(0, 0)] * streams)
+    started, start_step, first_step_s = time.time(), trainer.step, None
     trainer.model.train()
     while trainer.step < cfg.train.max_steps:
         batch = next(batches)
         errors_by_worker[int(batch["worker"])] = int(batch["errors"])
+        positions[int(batch["stream"])] = tuple(batch["position"])
         mb = to_model_inputs(batch, run.normalizer, device)
         loss, parts, grad_norm = optimizer_step(trainer, mb, cfg, w_pre)
         step, last = trainer.step, trainer.step == cfg.train.max_steps
+        if first_step_s is None:
+            first_step_s = time.perf_counter() - entered
+            log.info("first training step done %.2f s after the start", first_step_s)
 
         if run_log is not None:
             if step % cfg.train.log_every == 0 or last:
@@ -479,18 +548,31 @@ def train(cfg: DictConfig, shards: str | Path, run_dir: str | Path, resume: bool
                 run_log.validate(trainer, val_batches, cfg, w_pre)
         if step % cfg.train.ckpt_every == 0 or last:
             rngs = gather(rng_state(trainer.noise))  # every rank takes part
+            all_positions = gather(positions)
             if main_rank:
-                save_run_checkpoint(run_dir / CHECKPOINT_NAME, trainer, run, cfg, rngs, world_size)
+                save_run_checkpoint(run_dir / CHECKPOINT_NAME, trainer, run, cfg, rngs, all_positions, world_size)
 
     elapsed = time.time() - started
     history = run_log.history if run_log is not None else {"loss": [], "val": []}
     summary = run_summary(trainer, start_step, elapsed, world_size, sum(errors_by_worker.values()), history)
+    summary["first_step_s"] = first_step_s
+    summary["workers"] = gather(worker_description(rank, device))
     if run_log is not None:
         run_log.close()
         tmp = run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(run_dir / "summary.json")
     return summary
+
+
+def worker_description(rank: int, device: torch.device) -> dict[str, Any]:
+    """What one training process got: its node, device and, on a GPU, which one."""
+    described = {"rank": rank, "node": platform.node(), "pid": os.getpid(), "device": str(device),
+                 "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+        described["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return described
 
 
 def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
@@ -516,25 +598,45 @@ def check_resume_compatible(state: dict[str, Any], cfg: DictConfig) -> None:
 
 def _ray_worker(config: dict[str, Any]) -> None:
     """One data-parallel copy under Ray Train (the process group is already set up)."""
+    import ray
     import ray.train
     from ray.train.torch import get_device
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     context = ray.train.get_context()
+    rank, device = context.get_world_rank(), get_device()
+    log.info("worker %d of %d: node %s, device %s, GPUs %s, CPUs %s", rank, context.get_world_size(),
+             platform.node(), device, ray.get_gpu_ids(),
+             ray.get_runtime_context().get_assigned_resources().get("CPU"))
     cfg = OmegaConf.create(config["cfg"])
     summary = train(cfg, config["shards"], config["run_dir"], config["resume"],
-                    rank=context.get_world_rank(), world_size=context.get_world_size(),
-                    device=get_device())
+                    rank=rank, world_size=context.get_world_size(), device=device)
     ray.train.report({k: summary[k] for k in ("step", "replicas_identical", "skipped_errors")})
 
 
+def worker_resources(cluster: dict[str, float], num_workers: int,
+                     gpus_per_worker: float | None) -> dict[str, float]:
+    """Each copy's share: ``gpus_per_worker`` when given (0: CPUs only), else one GPU when the
+    cluster (``ray.cluster_resources()``) has any, else one CPU. Where the driver runs plays no
+    part: a CPU-only head node still trains on the cluster's GPUs."""
+    gpus = float(cluster.get("GPU", 0.0))
+    if gpus_per_worker is None:
+        gpus_per_worker = 1.0 if gpus > 0 else 0.0
+    if gpus_per_worker < 0:
+        raise ValueError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if gpus_per_worker and gpus < gpus_per_worker * num_workers:
+        log.warning("%d workers of %g GPU each need %g GPUs and the cluster has %g now: they wait "
+                    "for the autoscaler or other jobs", num_workers, gpus_per_worker,
+                    gpus_per_worker * num_workers, gpus)
+    return {"CPU": 1.0, "GPU": gpus_per_worker} if gpus_per_worker else {"CPU": 1.0}
+
+
 def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: bool,
-                   num_workers: int) -> dict[str, Any]:
+                   num_workers: int, gpus_per_worker: float | None = None) -> dict[str, Any]:
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = torch.cuda.is_available()
     if not ray.is_initialized():
         from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, address_from_environment,
                                          join_cluster, start_local)
@@ -544,11 +646,14 @@ def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: b
             join_cluster(None, timeout_s, ADDRESS_ENV, log_to_driver=True)  # RayAddressError: exit 2
         else:  # a new local Ray, never the cluster the machine last recorded
             start_local(include_dashboard=False, log_to_driver=True)
+    resources = worker_resources(ray.cluster_resources(), num_workers, gpus_per_worker)
+    use_gpu = resources.get("GPU", 0.0) > 0
+    log.info("%d workers, each with %s (%s)", num_workers, resources, "GPU" if use_gpu else "CPU only")
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": to_dict(cfg), "shards": str(shards) if "://" in str(shards) else str(Path(shards).resolve()),
                            "run_dir": str(run_dir.resolve()), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name="train", storage_path=str((run_dir / "ray").resolve())),
     )
     trainer.fit()
@@ -560,25 +665,67 @@ def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: b
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", required=True, help="pipeline output folder (shards/, stats.json)")
+    parser.add_argument("--shards", help="pipeline output folder (shards/, stats.json); optional with "
+                                         "--validate when the run folder holds its validation set")
     parser.add_argument("--out", default="runs/train", help="run folder (checkpoint, logs, config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds a checkpoint, removing that run's files")
+    parser.add_argument("--validate", action="store_true",
+                        help="only print the validation loss of --out's checkpoint (model and EMA)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="data-parallel copies under Ray Train (default: one local process)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None,
+                        help="GPUs for each Ray Train copy (0: CPUs only; default: 1 when the Ray "
+                             "cluster has GPUs, else 0)")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.shards is None and not args.validate:
+        parser.error("--shards is required")
+    return args
+
+
+def validate_checkpoint(run_dir: Path, shards: str | Path | None = None) -> dict[str, Any]:
+    """Validation loss of the run's checkpoint (model and EMA) on the run's own validation windows:
+    the cached ones (``RUN_DIR/validation.pt``) when they fit, else chosen again from ``shards``."""
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    cfg = OmegaConf.create(state["train_config"])
+    normalizer = Normalizer(state["stats"], pose=pose_norm(cfg))
+    model_cfg = ModelConfig.from_dict(state["model_config"])
+    inputs = None
+    if shards is not None:
+        inputs = find_inputs(shards, cfg.data.stats, cfg.data.manifest,
+                             allow_missing_shards=bool(OmegaConf.select(cfg, "data.allow_missing_shards",
+                                                                        default=False)))
+    vset = run_validation_set(run_dir, inputs, normalizer, model_cfg, cfg.data, cfg.train.val_batches,
+                              cfg.data.batch_size, VALIDATION_SEED)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    trainer = build_trainer(cfg, model_cfg, device, 0, 1, state)
+    batches = [to_model_inputs(b, normalizer, device) for b in vset.batches]
+    if not batches:
+        raise DataStreamError(f"the validation set of {run_dir} holds no windows")
+    losses = [validation_loss(m, trainer.diffusion, batches, trainer.weights, model_cfg.w_pre, trainer.autocast)
+              for m in (trainer.model, trainer.ema.ema_model)]
+    return {"step": trainer.step, "val_loss": losses[0], "val_loss_ema": losses[1],
+            "windows": sum(len(b.x0) for b in batches), "clips": len(vset.keys)}
 
 
 def run_from_args(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, train, and return the run's summary."""
+    """Parse the command line, train (or validate), and return the run's summary."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     run_dir = Path(args.out)
+    if args.validate:
+        result = validate_checkpoint(run_dir, args.shards)
+        print(json.dumps(result))
+        return result
     cfg = resolve_config(run_dir, args.resume, args.overrides)
+    check_run_folder(run_dir, args.resume, args.overwrite)
     if args.num_workers is not None:
         if args.num_workers < 1:
             raise ValueError("--num-workers must be >= 1")
-        summary = train_with_ray(cfg, args.shards, run_dir, args.resume, args.num_workers)
+        summary = train_with_ray(cfg, args.shards, run_dir, args.resume, args.num_workers,
+                                 args.gpus_per_worker)
     else:
         summary = train(cfg, args.shards, run_dir, args.resume)
     log.info("done: step %d, final loss %s, %s skipped shard/sample errors", summary["step"],
