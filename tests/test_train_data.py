@@ -158,6 +158,16 @@ def test_stream_is_deterministic_and_continues_from_a_position(dataset):
     assert 0.3 < motion[:, :63].std() < 3 and motion[:, 63:].abs().max() <= 1 + 1e-5
 
 
+def test_a_position_deep_into_the_run_is_reached_without_replay(dataset):
+    """The stream jumps to any visit at once: a position a billion visits in costs one visit."""
+    root, _ = dataset
+    far = (10**9, 0)
+    first = next(iter(stream(root, positions=[far])))
+    assert tuple(first["position"]) == (10**9, 4) or first["position"][0] > 10**9
+    again = next(iter(stream(root, positions=[far])))
+    assert same_windows(first, again)
+
+
 def test_loader_workers_alternate_and_resume_at_the_same_batch(dataset):
     root, _ = dataset
     assert [stream_of(w, 2, 5) for w in (0, 1)] == [1, 0]

@@ -69,6 +69,10 @@ def test_resume_continues_exactly_like_a_straight_run(shards, tmp_path):
         for name, tensor in moments.items():
             assert torch.allclose(tensor.float(), b["optimizer"]["state"][pid][name].float(), atol=1e-6)
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 20
+    # both runs' streams stand at the same place: the resumed one continued from its recorded
+    # positions (one per loader worker) without replaying the first 10 batches
+    assert a["data_state"]["positions"] == b["data_state"]["positions"]
+    assert first_half["data_state"]["positions"] != b["data_state"]["positions"]
     for (step_a, loss_a), (step_b, loss_b) in zip(straight["loss_history"][-2:], resumed["loss_history"]):
         assert step_a == step_b and loss_a == pytest.approx(loss_b, abs=1e-6)
     assert list(straight["val_history"][-1]) == pytest.approx(list(resumed["val_history"][-1]), abs=1e-6)
@@ -173,8 +177,11 @@ def test_ray_train_two_workers_end_identical(shards, tmp_path):
     assert summary["world_size"] == 2 and summary["step"] == 6
     digests = summary["param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1] and summary["replicas_identical"]
+    assert [w["rank"] for w in summary["workers"]] == [0, 1]  # what each worker got
+    assert all(w["device"] == "cpu" for w in summary["workers"])
     state = load_checkpoint(tmp_path / "ray" / "checkpoint.pt")
     assert state["step"] == 6 and len(state["rng"]) == 2  # every rank's generators are saved
+    assert len(state["data_state"]["positions"]) == 2  # and every rank's stream positions
     assert not torch.equal(state["rng"][0]["noise"], state["rng"][1]["noise"])
     torch.manual_seed(0)
     fresh = MotionDenoiser(ModelConfig.from_dict(state["model_config"])).state_dict()
@@ -253,3 +260,48 @@ def test_validation_steps_cover_the_schedule_evenly_in_a_fixed_shuffle():
     # more windows than steps: every step is scored, each as often as the others
     counts = torch.bincount(validation_steps(200, 50, torch.Generator().manual_seed(1)), minlength=50)
     assert counts.min() == counts.max() == 4
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_checkpoint(shards, tmp_path, capsys):
+    out = tmp_path / "run"
+    steps = ["train.max_steps=2", "train.val_every=2", "data.num_workers=0"]
+    run(shards, out, *steps)
+    checkpoint = (out / "checkpoint.pt").read_bytes()
+    config = (out / "config.yaml").read_text()
+    argv = ["--shards", str(shards), "--out", str(out)] + TINY + steps + ["seed=1"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a checkpoint" in err and "--resume" in err, err
+    assert (out / "checkpoint.pt").read_bytes() == checkpoint and (out / "config.yaml").read_text() == config
+    assert main(argv + ["--resume", "--overwrite"]) == 2
+    # --overwrite starts again: the old run's files go, the new run's replace them
+    (out / "tb" / "stale").write_text("x")
+    summary = run_from_args(argv + ["--overwrite"])
+    assert summary["step"] == 2 and not (out / "tb" / "stale").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["train_config"]["seed"] == 1
+
+
+def test_ray_workers_take_gpus_from_the_cluster_not_the_driver(monkeypatch):
+    """The choice follows Ray's cluster resources: a real local Ray (CPUs only) gives CPU workers;
+    a cluster with GPUs (Ray's resources mocked: no GPU here) gives one GPU each, unless told."""
+    ray = pytest.importorskip("ray")
+    from training import run as run_module
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        cpu = run_module.scaling_for(2, None)
+        assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 1.0}
+        monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver has none
+        gpu = run_module.scaling_for(4, None)
+        assert gpu.use_gpu and gpu.resources_per_worker == {"CPU": 1.0, "GPU": 1.0}
+        assert run_module.scaling_for(2, 0.5).resources_per_worker["GPU"] == 0.5
+        assert not run_module.scaling_for(2, 0).use_gpu  # --gpus-per-worker 0: CPUs only
+    finally:
+        if started:
+            ray.shutdown()
+    with pytest.raises(ValueError, match="gpus-per-worker"):
+        run_module.worker_resources({"GPU": 1.0}, 1, -1)

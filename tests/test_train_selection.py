@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -141,3 +142,85 @@ def test_validation_batches_sample_the_whole_split_with_a_fixed_seed(output):
     # the whole split, not its first clip (whose 4 tiles alone would fill the first two batches)
     drawn = {k for b in first for k in b["keys"]}
     assert drawn <= val_keys and len(drawn) >= 2
+
+
+@pytest.fixture(scope="module")
+def split_output(tmp_path_factory) -> FixtureOutput:
+    """The same output written as the job writes it now: one shard per chunk and split."""
+    return build_output(tmp_path_factory.mktemp("split_shards") / "out", split_shards=True)
+
+
+@pytest.mark.parametrize("layout", ["mixed shards (before split shards)", "split shards"])
+def test_an_output_trains_and_validates_from_a_cached_validation_set(output, split_output, layout, tmp_path):
+    fixture = output if layout.startswith("mixed") else split_output
+    val_keys = {c.clip_id for c in fixture.kept if c.split == "val"}
+    run_dir = tmp_path / "run"
+    common = ["--shards", str(fixture.root), "--out", str(run_dir), "train.val_every=2", "train.ckpt_every=2",
+              *SMALL]
+    summary = run_from_args(common + ["train.max_steps=2"])
+    assert [v[0] for v in summary["val_history"]] == [0, 2]
+    cache = run_dir / "validation.pt"
+    cached = torch.load(cache, weights_only=False)
+    assert cached["keys"] and set(cached["keys"]) <= val_keys
+    windows = [k for b in cached["batches"] for k in b["keys"]]
+    assert len(windows) == 2 * 4 and set(windows) == set(cached["keys"])  # val_batches x batch_size
+    written = cache.stat().st_mtime_ns
+    # a resume reuses the cached windows, and so does a later validation of the checkpoint
+    resumed = run_from_args(common + ["train.max_steps=4", "--resume"])
+    assert cache.stat().st_mtime_ns == written and [v[0] for v in resumed["val_history"]] == [4]
+    later = run_from_args(["--out", str(run_dir), "--validate"])
+    assert cache.stat().st_mtime_ns == written
+    assert (later["step"], later["windows"]) == (4, 8)
+    assert [later["val_loss"], later["val_loss_ema"]] == pytest.approx(list(resumed["val_history"][-1][1:]),
+                                                                       abs=1e-5)
+
+
+def test_validation_clips_are_chosen_by_key_over_the_whole_split():
+    """At a user's scale (20,000 validation clips in 400 shards): a fixed choice, the same on every
+    call, spread over all shards, longer clips (more windows) more likely, another seed another set."""
+    from training.validation_set import choose_clips
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    val = pd.DataFrame({"key": [f"clip-{i:06d}" for i in range(n)],
+                        "shard": [f"shard-{i // 50:06d}-val.tar" for i in range(n)],
+                        "n_frames": np.where(np.arange(n) % 2 == 0, 100, 400) + rng.integers(0, 20, n)})
+    first = choose_clips(val, 100, seed=0).head(1000)
+    shuffled = val.sample(frac=1.0, random_state=1)  # the manifest's row order plays no part
+    assert list(first["key"]) == list(choose_clips(shuffled, 100, seed=0).head(1000)["key"])
+    shard_index = first["shard"].str.slice(6, 12).astype(int)
+    assert shard_index.min() < 20 and shard_index.max() >= 380  # from the first shards to the last
+    assert 0.4 < (shard_index < 200).mean() < 0.6
+    long_share = (first["n_frames"] >= 400).mean()
+    assert 0.68 < long_share < 0.76  # about 4.95 windows against 1.95: 72% of the first picks
+    other = choose_clips(val, 100, seed=1).head(1000)
+    assert len(set(first["key"]) & set(other["key"])) < 200
+
+
+def test_the_validation_set_reads_only_its_clips_from_validation_shards(split_output, monkeypatch):
+    from shards.reader import iter_raw
+    from training import validation_set as vs
+
+    inputs = find_inputs(split_output.root)
+    normalizer = Normalizer(inputs.load_stats())
+    calls: list[tuple[str, set[str]]] = []
+    read = vs.read_samples
+
+    def recording(url: str, keys: set[str]) -> dict:
+        calls.append((url, set(keys)))
+        found = read(url, keys)
+        whole = {raw["__key__"]: raw for raw in iter_raw(url)}  # the same bytes as a full read
+        for key, members in found.items():
+            assert all(members[m] == whole[key][m] for m in members if not m.startswith("__"))
+            assert "audio.flac" not in members
+        return found
+
+    monkeypatch.setattr(vs, "read_samples", recording)
+    vset = vs.build_validation_set(inputs, normalizer, MODEL, load_config("train").data, n_batches=1,
+                                   batch_size=3, seed=0)
+    assert sum(len(b["keys"]) for b in vset.batches) == 3
+    assert all(url.endswith("-val.tar") for url, _ in calls)
+    requested = set().union(*(keys for _, keys in calls))
+    val_clips = inputs.clips[inputs.clips["split"] == "val"]
+    chosen = list(vs.choose_clips(val_clips, MODEL.w_cur, 0)["key"])
+    assert vset.keys == chosen[:len(vset.keys)] and requested == set(vset.keys)

@@ -631,10 +631,21 @@ def worker_resources(cluster: dict[str, float], num_workers: int,
     return {"CPU": 1.0, "GPU": gpus_per_worker} if gpus_per_worker else {"CPU": 1.0}
 
 
+def scaling_for(num_workers: int, gpus_per_worker: float | None) -> Any:
+    """Ray Train's scaling for ``num_workers`` copies on the cluster Ray is connected to."""
+    import ray
+    from ray.train import ScalingConfig
+
+    resources = worker_resources(ray.cluster_resources(), num_workers, gpus_per_worker)
+    use_gpu = resources.get("GPU", 0.0) > 0
+    log.info("%d workers, each with %s (%s)", num_workers, resources, "GPUs" if use_gpu else "CPUs only")
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
 def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: bool,
                    num_workers: int, gpus_per_worker: float | None = None) -> dict[str, Any]:
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
@@ -646,14 +657,11 @@ def train_with_ray(cfg: DictConfig, shards: str | Path, run_dir: Path, resume: b
             join_cluster(None, timeout_s, ADDRESS_ENV, log_to_driver=True)  # RayAddressError: exit 2
         else:  # a new local Ray, never the cluster the machine last recorded
             start_local(include_dashboard=False, log_to_driver=True)
-    resources = worker_resources(ray.cluster_resources(), num_workers, gpus_per_worker)
-    use_gpu = resources.get("GPU", 0.0) > 0
-    log.info("%d workers, each with %s (%s)", num_workers, resources, "GPU" if use_gpu else "CPU only")
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": to_dict(cfg), "shards": str(shards) if "://" in str(shards) else str(Path(shards).resolve()),
                            "run_dir": str(run_dir.resolve()), "resume": resume},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=scaling_for(num_workers, gpus_per_worker),
         run_config=RunConfig(name="train", storage_path=str((run_dir / "ray").resolve())),
     )
     trainer.fit()
