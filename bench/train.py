@@ -21,6 +21,12 @@ Measures, on shards written with the real ShardWriter (motion from the real Live
   loop, reference kernels, fp32): the baseline of the speed goal (>= 20x). All measured
   interleaved in one run so their ratios hold on a shared machine; on ``--device cuda`` also
   ``torch.compile``;
+* time to the first training step (``training.run``, a fresh process per run, the paper's model,
+  2 loader workers, 64 validation windows) on an output of 1x and 20x the shards, written as the
+  job writes them (a training and a validation shard per chunk, a manifest): fresh runs, which
+  choose and read the validation set, and resumed ones, which reuse it (goal: 20x within 10% of 1x);
+  beside it, what streaming the whole validation split once (the way the set was built before)
+  costs at each size;
 * the baseline, as the public code trains: the same step with a wav2vec2-base encoder (random
   weights, transformers' base config) run on each window's raw audio inside every step, its
   transformer layers 2-11 trained with the model as the public code does; and, for reference, the
@@ -89,6 +95,104 @@ def write_shards(out: Path, n_shards: int, seed: int = 0) -> None:
                 if len(stats_clips) < 8:
                     stats_clips.append({"motion": motion, "audio_feat": feat, "meta": meta})
     (out / "stats.json").write_text(json.dumps(compute_stats(stats_clips)))
+
+
+STARTUP_CHUNKS_1X = 4
+STARTUP_VAL_CLIPS = 4  # per chunk, beside CLIPS_PER_SHARD training clips
+
+
+def write_output(out: Path, n_chunks: int, seed: int = 0) -> None:
+    """An output as the job lays it out: per chunk a training and a validation shard named for
+    their split, ``manifests/clips.parquet`` naming each kept clip's shard and key, ``stats.json``."""
+    if (out / "stats.json").is_file():
+        return
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    media = media_dir()
+    motions = [template_motion(media / f"lp_template_{name}.pkl") for name in TEMPLATES]
+    rows, stats_clips = [], []
+    for chunk in range(n_chunks):
+        for split, count in (("train", CLIPS_PER_SHARD), ("val", STARTUP_VAL_CLIPS)):
+            with ShardWriter(out / "shards", chunk, split=split) as writer:
+                for j in range(count):
+                    n = int(rng.integers(250, 750))
+                    source = motions[(chunk + j) % len(motions)]
+                    reps = -(-n // source["exp"].shape[0])
+                    motion = {k: np.concatenate([v] * reps)[:n] for k, v in source.items()}
+                    feat = rng.normal(size=(n, PAPER.audio_dim)).astype(np.float16)
+                    key = f"clip-{chunk:05d}-{split}-{j}"
+                    meta = {"split": split, "dataset": "bench", "clip_id": key}
+                    shard, _ = writer.write(key, motion, feat, speech(media / SPEECH[j % len(SPEECH)], n), meta)
+                    rows.append({"clip_id": key, "key": key, "shard": shard, "split": split, "kept": True,
+                                 "n_frames": n, "dataset": "bench"})
+                    if split == "train" and len(stats_clips) < 8:
+                        stats_clips.append({"motion": motion, "audio_feat": feat, "meta": meta})
+    (out / "manifests").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(out / "manifests" / "clips.parquet")
+    (out / "stats.json").write_text(json.dumps(compute_stats(stats_clips)))
+
+
+def first_step_seconds(root: Path, run_dir: Path, threads: int, resume: bool) -> dict:
+    """One ``training.run`` process to its first step: the run's own clock from the start of
+    ``train()`` (``first_step_s``) and the whole process's wall time (imports included)."""
+    steps = 2 if resume else 1
+    cmd = [sys.executable, "-m", "training.run", "--shards", str(root), "--out", str(run_dir),
+           f"train.max_steps={steps}", "train.val_batches=4", "train.val_every=1000", "train.ckpt_every=1000",
+           "train.progress=false", f"train.threads={threads}", "data.num_workers=2"]
+    cmd += ["--resume"] if resume else ["--overwrite"]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - started
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"first_step_s": round(summary["first_step_s"], 2), "process_s": round(wall, 2)}
+
+
+def full_validation_pass_s(root: Path) -> dict:
+    """The former way to build the validation set: stream every validation shard once."""
+    from training.data import validation_batches
+
+    cfg = load_config("train")
+    inputs = find_inputs(root)
+    normalizer = Normalizer(load_stats(inputs.stats_path))
+    started = time.perf_counter()
+    batches = validation_batches(inputs.shards["val"], normalizer, PAPER, cfg.data, 0, 4, BATCH)
+    return {"seconds": round(time.perf_counter() - started, 2), "val_shards": len(inputs.shards["val"]),
+            "windows": sum(len(b["keys"]) for b in batches)}
+
+
+def bench_startup(work: Path, threads: int, repeats: int = 3) -> dict:
+    """Fresh and resumed starts on 1x and 20x the shards, interleaved so load falls on both alike;
+    the median of ``repeats`` of each."""
+    sizes = {"1x": STARTUP_CHUNKS_1X, "20x": 20 * STARTUP_CHUNKS_1X}
+    roots = {}
+    for name, chunks in sizes.items():
+        roots[name] = work / f"output_{name}"
+        write_output(roots[name], chunks, seed=chunks)
+    runs: dict[str, dict[str, list[dict]]] = {name: {"fresh": [], "resumed": []} for name in sizes}
+    for _ in range(repeats):
+        for name, root in roots.items():
+            run_dir = work / f"run_{name}"
+            runs[name]["fresh"].append(first_step_seconds(root, run_dir, threads, resume=False))
+            runs[name]["resumed"].append(first_step_seconds(root, run_dir, threads, resume=True))
+    out: dict = {"settings": "paper model (width 512, 6 layers, 768-wide features), batch 16, 2 loader "
+                             "workers, train.val_batches=4 (64 windows), fp32 on CPU; median of "
+                             f"{repeats} fresh processes each, interleaved"}
+    for name, root in roots.items():
+        shards = sorted((root / "shards").glob("*.tar"))
+        row = {"chunks": sizes[name], "shards": len(shards),
+               "shard_mb": round(sum(p.stat().st_size for p in shards) / 2**20, 1)}
+        for kind in ("fresh", "resumed"):
+            for field in ("first_step_s", "process_s"):
+                values = [r[field] for r in runs[name][kind]]
+                row[f"{kind}_{field}"] = float(np.median(values))
+                row[f"{kind}_{field}_all"] = values
+        row["full_validation_pass"] = full_validation_pass_s(root)
+        out[name] = row
+    for kind in ("fresh", "resumed"):
+        out[f"{kind}_ratio_20x_to_1x"] = round(out["20x"][f"{kind}_first_step_s"] / out["1x"][f"{kind}_first_step_s"], 3)
+    return out
 
 
 def train_stream(root: Path, consumed: int = 0) -> tuple[WindowStream, Normalizer]:
@@ -414,8 +518,13 @@ def main(argv: list[str] | None = None) -> int:
                         "native bf16 support)")
     parser.add_argument("--only-model-speed", action="store_true",
                         help="measure the model step speed only and merge it into --out")
+    parser.add_argument("--only-startup", action="store_true",
+                        help="measure the time to the first training step only and merge it into --out")
+    parser.add_argument("--startup-repeats", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only_startup:
+        return write_startup(args)
     if args.only_model_speed or args.device == "cuda":
         return write_model_speed(args)
     if args.memory_probe is not None:
@@ -435,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     report["memory"] = {"1x": bench_memory(small, args.loader_batches, args.loader_workers),
                         "10x": bench_memory(large, args.loader_batches, args.loader_workers)}
     report["model_speed"] = {"cpu": bench_model_speed("cpu", args.model_steps, args.cpu_bf16)}
+    report["startup"] = bench_startup(args.work, args.threads, args.startup_repeats)
     steps = report["steps"] = bench_steps(small, args.steps)
     cached = steps["cached_features"]["step_s_best"]
     report["speedup"] = {"vs_public_code": round(steps["wav2vec2_public_code"]["step_s_best"] / cached, 2),
@@ -456,6 +566,41 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(args.out)
     print(markdown(report))
+    print(startup_markdown(report["startup"]))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def startup_markdown(startup: dict) -> str:
+    lines = ["| time to the first training step | 1x shards | 20x shards | 20x / 1x (goal <= 1.10) |",
+             "| --- | ---: | ---: | ---: |"]
+    one, twenty = startup["1x"], startup["20x"]
+    lines.append(f"| shards (MB) | {one['shards']} ({one['shard_mb']:.0f}) | {twenty['shards']} "
+                 f"({twenty['shard_mb']:.0f}) | |")
+    for kind in ("fresh", "resumed"):
+        lines.append(f"| {kind} run: first step, s after train() starts (whole process) | "
+                     f"{one[f'{kind}_first_step_s']:.1f} ({one[f'{kind}_process_s']:.1f}) | "
+                     f"{twenty[f'{kind}_first_step_s']:.1f} ({twenty[f'{kind}_process_s']:.1f}) | "
+                     f"{startup[f'{kind}_ratio_20x_to_1x']:.2f} |")
+    lines.append(f"| for comparison: one pass over the whole validation split, s | "
+                 f"{one['full_validation_pass']['seconds']:.1f} | {twenty['full_validation_pass']['seconds']:.1f} | "
+                 f"{twenty['full_validation_pass']['seconds'] / max(one['full_validation_pass']['seconds'], 1e-9):.2f} |")
+    return "\n".join(lines)
+
+
+def write_startup(args: argparse.Namespace) -> int:
+    """Only the start-up rows, merged into an existing results file."""
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {"bench": "train"}
+    load_before = os.getloadavg()[0]
+    startup = bench_startup(args.work, args.threads, args.startup_repeats)
+    startup.update(threads=args.threads, cpu=cpu_description(), date=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   load_avg_1min={"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)})
+    report["startup"] = startup
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(startup_markdown(startup))
     print(f"\nwrote {args.out}")
     return 0
 

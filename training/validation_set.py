@@ -5,8 +5,8 @@ data. With a manifest the set is chosen from its rows alone: every kept validati
 priority from a hash of (seed, key) and its length (an exponential race, so a clip's chance
 grows with its number of windows, as when windows are drawn one by one), and clips are taken in
 that order until their inference tiles (:meth:`WindowSampler.tile`) make up the wanted number of
-windows. Only those clips are read, each by seeking to its members in its shard. The choice depends
-on nothing but the keys, so it spreads over the whole split and is the same on every machine.
+windows. Only those clips are read: seeking to their members in a local shard, streaming a shard in
+an object store as far as the last of them. The choice depends on nothing but the keys, so it spreads over the whole split and is the same on every machine.
 Without a manifest (older test layouts) the split is streamed once and sampled with a fixed seed
 (:func:`training.data.validation_batches`).
 
@@ -23,7 +23,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,15 +76,14 @@ def choose_clips(val: pd.DataFrame, w_cur: int, seed: int) -> pd.DataFrame:
     return val.iloc[order]
 
 
-def _open_seekable(url: str) -> BinaryIO:
-    return storage.open_input(url) if storage.has_scheme(url) else open(url, "rb")
-
-
 def read_samples(url: str, keys: set[str]) -> dict[str, dict[str, bytes]]:
-    """The members of the samples ``keys`` of one shard, without the raw audio, reading only tar
-    headers and those members' bytes (seeking past the rest; ranged reads for a URI)."""
+    """The members of the samples ``keys`` of one shard, without the raw audio. A local shard is
+    read by its tar headers, seeking past every other member; a shard in an object store is
+    streamed (one request) until the last wanted sample is complete."""
+    remote = storage.has_scheme(url)
     found: dict[str, dict[str, bytes]] = {}
-    with _open_seekable(url) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
+    handle = storage.open_stream(url) if remote else open(url, "rb")
+    with handle, tarfile.open(fileobj=handle, mode="r|" if remote else "r:") as tar:
         for info in tar:
             key, _, member = info.name.partition(".")
             if key not in keys:
