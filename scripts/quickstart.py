@@ -44,7 +44,7 @@ def steps(out: str, media: str, tiny: bool = False) -> list[tuple[str, str]]:
     return [
         ("shards", f"{PY} pipeline/build_shards.py --demo --random-weights --output {out}/data"),
         ("audit", f"{PY} -m manifests.audit {out}/data --html {out}/data/report.html"),
-        ("train", f"{PY} -m training.run --shards {out}/data --out {out}/run train.max_steps={size['steps']} "
+        ("train", f"{PY} -m training.run --shards {out}/data --out {out}/run --overwrite train.max_steps={size['steps']} "
                   f"train.val_every={size['steps']} {' '.join(TRAIN_SETTINGS)}"),
         ("sample", f"{PY} -m training.sample --checkpoint {checkpoint} --audio {media}/{SPEECH} "
                    f"--out {out}/motion.pkl --preview {out}/preview.mp4"),

@@ -6,7 +6,8 @@ A checkpoint is one ``torch.save`` of a dict:
 * ``optimizer``, ``scheduler``: their state dicts; ``step``: optimiser steps taken;
 * ``rng``: per rank, the python, numpy, torch (and CUDA) generator states and the diffusion-noise
   generator's state;
-* ``data_state``: the data-stream position (batches consumed per rank, loader workers, seed);
+* ``data_state``: the data streams' place: batches consumed, loader workers, ranks, seed and
+  ``positions`` (per rank, per stream: shard visit and windows drawn in it, ``training.data``);
 * ``model_config`` (dict), ``stats`` (the normalisation statistics used), ``train_config`` (the
   effective config as a plain dict), ``format_version``.
 
