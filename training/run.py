@@ -407,7 +407,7 @@ def data_streams(cfg: DictConfig, run: RunInputs, device: torch.device, rank: in
     val_batches: list[ModelBatch] = []
     if main_rank:
         vset = run_validation_set(run_dir, inputs, normalizer, model_cfg, cfg.data, cfg.train.val_batches,
-                                  cfg.data.batch_size, VALIDATION_SEED)
+                                  cfg.data.batch_size, VALIDATION_SEED, reuse=run.state is not None)
         val_batches = [to_model_inputs(b, normalizer, device) for b in vset.batches]
         if not val_batches:
             log.warning("no validation clips: validation loss is skipped")

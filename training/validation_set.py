@@ -192,11 +192,12 @@ def load_validation_set(path: Path) -> ValidationSet | None:
 
 def run_validation_set(run_dir: Path, inputs: DataInputs | None, normalizer: Normalizer,
                        model_cfg: ModelConfig, data_cfg: Any, n_batches: int, batch_size: int,
-                       seed: int) -> ValidationSet:
-    """The run folder's cached set when it fits these settings; otherwise built (from ``inputs``)
-    and cached. ``inputs=None`` only reuses: a missing or unfit cache is then an error."""
+                       seed: int, reuse: bool = True) -> ValidationSet:
+    """The run folder's cached set when it fits these settings (and ``reuse``: a fresh run
+    builds its own); otherwise built (from ``inputs``) and cached. ``inputs=None`` only reuses: a
+    missing or unfit cache is then an error."""
     path = run_dir / CACHE_NAME
-    cached = load_validation_set(path)
+    cached = load_validation_set(path) if reuse else None
     manifest = inputs.manifest_path if inputs is not None else None
     wanted = settings_for(model_cfg, normalizer, n_batches, batch_size, seed, manifest)
     if cached is not None:
