@@ -73,6 +73,17 @@ BATCH = 16
 CLIPS_PER_SHARD = 8
 
 
+def bench_clip(rng: np.random.Generator, motions: list[dict], media: Path, index: int,
+               j: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """One clip of 10-30 s: template motion looped to length, random 768-wide features, real speech."""
+    n = int(rng.integers(250, 750))
+    source = motions[(index + j) % len(motions)]
+    reps = -(-n // source["exp"].shape[0])
+    motion = {k: np.concatenate([v] * reps)[:n] for k, v in source.items()}
+    feat = rng.normal(size=(n, PAPER.audio_dim)).astype(np.float16)
+    return motion, feat, speech(media / SPEECH[j % len(SPEECH)], n)
+
+
 def write_shards(out: Path, n_shards: int, seed: int = 0) -> None:
     """Clips of 10-30 s: template motion looped to length, real speech, random 768-wide features."""
     if (out / "stats.json").is_file():
@@ -84,12 +95,7 @@ def write_shards(out: Path, n_shards: int, seed: int = 0) -> None:
     for index in range(n_shards):
         with ShardWriter(out / "shards", index) as writer:
             for j in range(CLIPS_PER_SHARD):
-                n = int(rng.integers(250, 750))
-                source = motions[(index + j) % len(motions)]
-                reps = -(-n // source["exp"].shape[0])
-                motion = {k: np.concatenate([v] * reps)[:n] for k, v in source.items()}
-                feat = rng.normal(size=(n, PAPER.audio_dim)).astype(np.float16)
-                audio = speech(media / SPEECH[j % len(SPEECH)], n)
+                motion, feat, audio = bench_clip(rng, motions, media, index, j)
                 meta = {"split": "train", "dataset": "bench", "clip_id": f"{index}-{j}"}
                 writer.write(f"clip-{index:04d}-{j}", motion, feat, audio, meta)
                 if len(stats_clips) < 8:
@@ -116,16 +122,12 @@ def write_output(out: Path, n_chunks: int, seed: int = 0) -> None:
         for split, count in (("train", CLIPS_PER_SHARD), ("val", STARTUP_VAL_CLIPS)):
             with ShardWriter(out / "shards", chunk, split=split) as writer:
                 for j in range(count):
-                    n = int(rng.integers(250, 750))
-                    source = motions[(chunk + j) % len(motions)]
-                    reps = -(-n // source["exp"].shape[0])
-                    motion = {k: np.concatenate([v] * reps)[:n] for k, v in source.items()}
-                    feat = rng.normal(size=(n, PAPER.audio_dim)).astype(np.float16)
+                    motion, feat, audio = bench_clip(rng, motions, media, chunk, j)
                     key = f"clip-{chunk:05d}-{split}-{j}"
                     meta = {"split": split, "dataset": "bench", "clip_id": key}
-                    shard, _ = writer.write(key, motion, feat, speech(media / SPEECH[j % len(SPEECH)], n), meta)
+                    shard, _ = writer.write(key, motion, feat, audio, meta)
                     rows.append({"clip_id": key, "key": key, "shard": shard, "split": split, "kept": True,
-                                 "n_frames": n, "dataset": "bench"})
+                                 "n_frames": len(feat), "dataset": "bench"})
                     if split == "train" and len(stats_clips) < 8:
                         stats_clips.append({"motion": motion, "audio_feat": feat, "meta": meta})
     (out / "manifests").mkdir(parents=True, exist_ok=True)

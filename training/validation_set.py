@@ -145,17 +145,6 @@ def build_from_manifest(inputs: DataInputs, normalizer: Normalizer, model_cfg: M
     return specs, keys
 
 
-def batched(windows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
-    """One-window (or any) batches regrouped into batches of ``batch_size``."""
-    out = []
-    for start in range(0, len(windows), batch_size):
-        group = windows[start:start + batch_size]
-        batch: dict[str, Any] = {k: torch.cat([w[k] for w in group]) for k in ("motion", "audio", "valid", "first")}
-        batch["keys"] = [k for w in group for k in w["keys"]]
-        out.append(batch)
-    return out
-
-
 def build_validation_set(inputs: DataInputs, normalizer: Normalizer, model_cfg: ModelConfig,
                          data_cfg: Any, n_batches: int, batch_size: int, seed: int) -> ValidationSet:
     """The run's validation windows: by key from the manifest, else one sampled pass (no manifest)."""
