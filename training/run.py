@@ -119,8 +119,7 @@ OPTIMIZERS = ("adam", "adamw")
 
 def fused_enabled(cfg: DictConfig, device: torch.device | None) -> bool:
     """``optim.fused``: true, false or auto (torch's fused Adam/AdamW kernels, which exist for CUDA
-    and CPU: the same update in one pass over each tensor, 3.4x faster than the per-tensor loop on
-    CPU at the public trainer's size, bench/train.py)."""
+    and CPU: the same update in one pass over each tensor instead of a loop over tensors)."""
     choice = cfg.optim.get("fused", "auto")
     if choice == "auto":
         return device is None or device.type in ("cuda", "cpu")
@@ -210,9 +209,8 @@ VALIDATION_SEED = 0
 
 def validation_steps(n_windows: int, n_steps: int, generator: torch.Generator) -> torch.Tensor:
     """(n_windows,) diffusion steps spread evenly over the schedule, paired with the windows by a
-    seeded shuffle. The x0 error grows about twelvefold from the cleanest step to the noisiest,
-    so one uniform draw per window makes the validation loss a matter of which steps were drawn
-    (it moved from 0.40 to 1.05 between draws for one model on 19 windows; 0.50-0.63 stratified)."""
+    seeded shuffle. The x0 error grows steeply from the cleanest step to the noisiest, so one
+    uniform draw per window would make the validation loss a matter of which steps were drawn."""
     steps = ((torch.arange(n_windows) + 0.5) * n_steps / n_windows).long()
     return steps[torch.randperm(n_windows, generator=generator)]
 
@@ -296,8 +294,8 @@ class Trainer:
 
 def cpu_has_amx() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX, from Sapphire Rapids on):
-    there bf16 matrix products ran at 4-6x the fp32 rate (bench/train.py); without it (AVX2 only)
-    they fall back to a generic kernel about 20x slower than fp32."""
+    there bf16 matrix products run faster than fp32; without it (AVX2 only) they fall back to a
+    generic kernel far slower than fp32 (figures: docs/benchmarks.md)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
