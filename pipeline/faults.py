@@ -87,6 +87,8 @@ def _own_kind(exc: BaseException) -> str | None:
     if isinstance(exc, (ConnectionError, socket.gaierror, socket.herror)):
         return "network"
     if isinstance(exc, OSError):
+        if type(exc).__module__.startswith("av."):  # FFmpeg's verdict on the file's bytes
+            return None
         if exc.errno in TRANSIENT_ERRNOS:
             return "storage"
         if any(t in str(exc) for t in NETWORK_TEXT):

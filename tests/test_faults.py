@@ -7,6 +7,7 @@ import errno
 import json
 from pathlib import Path
 
+import av
 import pytest
 import torch
 from ray import exceptions as rx
@@ -51,6 +52,7 @@ def wrapped(outer: Exception, inner: Exception) -> Exception:
     (ProbeError("not_found", "no such file: v.mp4"), None),
     (DecodeError("corrupt", "12 packets failed"), None),
     (FileNotFoundError(errno.ENOENT, "No such file"), None),
+    (av.error.OSError(errno.EIO, "Input/output error"), None),  # FFmpeg on a file's bytes
     (ValueError("decoded 10 audio samples, expected 12"), None),
     (rx.RayTaskError("process", "traceback", ValueError("bad")), None),
 ])

@@ -324,3 +324,30 @@ def test_identity_pass_on_workers_retries_a_dead_worker_once(ray_session, tmp_pa
     assert results[2][1].startswith("retryable: worker_died")
     for worker in workers:
         ray.kill(worker)
+
+
+def test_actors_that_no_node_can_hold_stop_the_run_naming_their_shape(ray_session):  # noqa: F811
+    """The tests' Ray has 2 CPUs: an actor asking for 4 is never placed. Starting CPU workers and
+    running with a model pool of such actors both stop after ray.placement_timeout_s, in one line."""
+    from pipeline.build_shards import start_cpu_workers
+    from pipeline.scheduler import PlacementError
+    from pipeline.sizing import PoolSizes
+
+    cfg = load_config("pipeline", ["ray.placement_timeout_s=3"])
+    sizes = PoolSizes(cpu_workers=1, cpu_worker_cpus=4.0, model_workers=1, model_worker_cpus=1.0, model_worker_gpus=0.0)
+    started = time.monotonic()
+    with pytest.raises(PlacementError, match=r"1 of 1 CPU actors \(4 CPU each\) were not up after 3 s") as info:
+        start_cpu_workers(cfg, sizes, MisbehavingWorker)
+    assert "\n" not in str(info.value) and time.monotonic() - started < 30
+
+    worker = ray.remote(MisbehavingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote()])
+    huge = ray.remote(SlowStartingWorker).options(num_cpus=4, max_restarts=-1, max_task_retries=0).remote()
+    model = ActorPool("model", [huge], starting=[huge.started.remote()], shape={"CPU": 4.0, "GPU": 0.0})
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"),))]
+    try:
+        with pytest.raises(PlacementError, match=r"no model actor \(CPU 4, GPU 0\) has been up"):
+            Scheduler(cfg, cpu, model, lambda state: None, Progress(1, enabled=False)).run(chunks)
+    finally:
+        ray.kill(cpu.actors[0])
+        ray.kill(huge)
