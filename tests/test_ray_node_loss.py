@@ -46,12 +46,14 @@ def node_ports() -> list[str]:
 
 
 def raylet_pid(temp_dir: str, node_manager_port: str) -> int:
-    """The raylet of the node started with ``node_manager_port`` (its command line names it)."""
+    """The raylet of the node started with ``--node-manager-port=N`` (its command line names the
+    port as ``--node_manager_port=N`` and its sockets under ``temp_dir``)."""
+    wanted = "--node_manager_port=" + node_manager_port.split("=", 1)[1]
     for proc in psutil.process_iter(["pid", "name", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or ())
-        if "raylet" in (proc.info["name"] or "") and node_manager_port in cmdline and temp_dir in cmdline:
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] == "raylet" and wanted in cmdline and any(temp_dir in part for part in cmdline):
             return proc.info["pid"]
-    raise LookupError(f"no raylet with {node_manager_port} in {temp_dir}")
+    raise LookupError(f"no raylet with {wanted} in {temp_dir}")
 
 
 @pytest.fixture
@@ -68,8 +70,7 @@ def two_nodes():
     head = [str(BIN / "ray"), "start", "--head", f"--port={gcs.split(':')[1]}", *common, *node_ports(),
             "--include-dashboard=false", f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}"]
     second_ports = node_ports()
-    second = [str(BIN / "ray"), "start", f"--address={gcs}", *common, *second_ports,
-              f"--min-worker-port={free_port()}", "--max-worker-port=0"]
+    second = [str(BIN / "ray"), "start", f"--address={gcs}", *common, *second_ports]
     try:
         subprocess.run(head, env=env, check=True, timeout=START_TIMEOUT_S, capture_output=True)
         subprocess.run(second, env=env, check=True, timeout=START_TIMEOUT_S, capture_output=True)
