@@ -410,7 +410,7 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
         kinds = Counter(i.kind for items in records.values() for i in items)
         run["incomplete"] = {"chunks": not_done, "retryable_items": sum(kinds.values()),
                              "kinds": dict(sorted(kinds.items())), "stopped": this_run.get("stopped"),
-                             "summary": summary_line(records, len(not_done), rerun_command())}
+                             "summary": summary_line(records, len(not_done), rerun_command(this_run.get("argv")))}
     out.write_bytes(RUN_FILE, json.dumps(run, indent=1).encode())
     return run
 
@@ -438,6 +438,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
         this_run = process_chunks(cfg, out, pending, workers) if pending else {}
+        this_run["argv"] = getattr(args, "argv", None)
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)
@@ -452,6 +453,7 @@ def main(argv: Sequence[str] | None = None, workers: tuple[type, type] | None = 
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         result = run(args, workers)
     except MissingWeightsError as exc:

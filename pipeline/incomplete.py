@@ -71,9 +71,10 @@ def read_incomplete(out: OutputDir) -> dict[int, list[Retryable]]:
 
 
 def rerun_command(argv: Iterable[str] | None = None) -> str:
-    """The command line that started this run: running it again redoes what is missing."""
-    args = list(sys.argv if argv is None else argv)
-    return " ".join(shlex.quote(a) for a in args)
+    """The job's command line with these arguments (default: this process's): running it again
+    redoes what is missing."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return " ".join(shlex.quote(a) for a in ["python", "pipeline/build_shards.py", *args])
 
 
 def summary_line(records: dict[int, list[Retryable]], pending: int, rerun: str) -> str:
