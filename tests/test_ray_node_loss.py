@@ -13,6 +13,7 @@ session folder, never every Ray process on the machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,3 +130,33 @@ def test_killing_a_node_loses_nothing(two_nodes, tmp_path, ray_session):  # noqa
     assert shard_members(out) == shard_members(reference)  # no sample lost or written twice
     print(f"exit {code}; lost-node handling in the job's log:",
           *[line for line in text.splitlines() if "lost" in line or "failed (" in line][:20], sep="\n")
+
+
+def test_the_driver_loop_recovers_from_a_lost_node(two_nodes, tmp_path):
+    """Stand-in workers (no models): the loop alone, with a CPU and a model actor on each node
+    and a megabyte per clip in the object stores; the second node is killed once a chunk is done.
+    Every chunk still finishes with both of its clips kept, none rejected or left retryable."""
+    gcs, env, temp_dir, second_port = two_nodes
+    signal_file = tmp_path / "first_chunk"
+    driver = subprocess.Popen([sys.executable, "-m", "tests.lost_node_scheduler", gcs, str(signal_file)],
+                              env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not signal_file.exists():
+            assert driver.poll() is None, driver.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no chunk finished in time"
+            time.sleep(0.05)
+        os.kill(raylet_pid(temp_dir, second_port), signal.SIGKILL)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=30)
+    assert driver.returncode == 0, output[-4000:]
+    result = json.loads(next(line for line in output.splitlines() if line.startswith('{"chunks"')))
+    chunks = {int(k): v for k, v in result["chunks"].items()}
+    assert sorted(chunks) == list(range(8))
+    assert all(v == {"kept": 2, "rejected": 0, "retryable": []} for v in chunks.values()), chunks
+    recovered = [line for line in output.splitlines() if "lost" in line or "failed (" in line]
+    print(f"{len(recovered)} recovery lines:", *recovered[:10], sep="\n")
