@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180
 JOB_TIMEOUT_S = 900
-VIDEOS = 3
+VIDEOS = 4
 
 
 def node_ports() -> list[str]:
