@@ -5,12 +5,14 @@
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from manifests.checks import PipelineOutput
+from shards import storage
 from manifests.rethreshold import Bounds, thresholds_in_force
 from manifests.schema import SCORE_COLUMNS
 
@@ -63,6 +65,20 @@ def _outside(values: np.ndarray, bounds: Bounds) -> np.ndarray:
 def _labels(clips: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """The columns as plain strings, nulls shown as "(none)", for grouping."""
     return pd.DataFrame({c: clips[c].astype("string").fillna("(none)") for c in columns})
+
+
+def retryable(output: PipelineOutput) -> dict[str, Any]:
+    """Items that failed for infrastructure reasons and wait for a rerun (``OUT/incomplete/``,
+    written by the job), apart from the rejections: they are not in the manifests at all."""
+    folder = storage.join(str(output.root), "incomplete")
+    items = []
+    for name in storage.list_names(folder, ".json") if storage.is_dir(folder) else []:
+        record = json.loads(storage.read_bytes(storage.join(folder, name)))
+        items += [{"chunk": record["chunk"], **item} for item in record["items"]]
+    kinds = pd.Series([i["kind"] for i in items], dtype="string").value_counts()
+    return {"items": items, "chunks": sorted({i["chunk"] for i in items}),
+            "kinds": {str(k): int(v) for k, v in kinds.items()},
+            "chunks_not_done": list((output.run or {}).get("incomplete", {}).get("chunks", []))}
 
 
 def summarise(output: PipelineOutput) -> dict[str, Any]:
@@ -125,6 +141,7 @@ def summarise(output: PipelineOutput) -> dict[str, Any]:
         "scores": scores,
         "duration_s": {"kept": _quantiles(hours[kept] * 3600), "candidates": _quantiles(hours * 3600)},
         "pose_range_deg": {"kept": _quantiles(_floats(clips["score_pose_range_deg"])[kept])},
+        "retryable": retryable(output),
     }
 
 
@@ -152,6 +169,13 @@ def format_summary(summary: dict[str, Any]) -> str:
                        ("Failed videos", "failed_videos")):
         lines += ["", f"{title}:", _table(summary[key])]
     lines += ["", "Funnel:", _table(summary["funnel"])]
+    waiting = summary.get("retryable") or {}
+    if waiting.get("items") or waiting.get("chunks_not_done"):
+        kinds = ", ".join(f"{k} {v}" for k, v in waiting["kinds"].items()) or "none recorded"
+        lines += ["", (f"Retryable, not rejected (infrastructure failures; rerun the job): {len(waiting['items'])} "
+                       f"items in chunks {waiting['chunks']} ({kinds}); chunks not done: {waiting['chunks_not_done']}"),
+                  _table([{k: i[k] for k in ("chunk", "step", "source", "start_s", "kind", "attempts")}
+                          for i in waiting["items"][:20]])]
     score_rows = []
     for name, info in summary["scores"].items():
         q = info["scored"]

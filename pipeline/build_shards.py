@@ -9,6 +9,11 @@
 ``RAY_ADDRESS``, which ``ray job submit`` sets) the job starts a local Ray itself. The same command
 after a crash, or on a grown input set, processes only what is missing.
 
+Exit status: 0 when every chunk is done; 2 for a configuration the job cannot run with (missing
+weights, actors that fit no node, a cluster that does not answer); 3 when some chunks hold items
+that failed for infrastructure reasons after their retries (``pipeline.incomplete``) or the run
+stopped at ``run.error_budget``: the same command redoes them.
+
 The driver is thin: it plans work units (``pipeline.plan``), starts the two actor pools
 (``pipeline.workers``), lets ``pipeline.scheduler`` feed them, writes each finished chunk
 (``pipeline.chunk_writer``), then gathers the manifests, the training statistics and ``run.json``.
@@ -33,6 +38,8 @@ from typing import Any, Sequence  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from pipeline.chunk_writer import write_chunk  # noqa: E402
+from pipeline.incomplete import (EXIT_INCOMPLETE, ErrorBudgetExceeded, Retryable, clear_incomplete,  # noqa: E402
+                                 read_incomplete, rerun_command, summary_line, write_incomplete)
 from configs import load_config, save_config, to_dict  # noqa: E402
 from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, RayAddressError,  # noqa: E402
                                  address_from_environment, join_cluster, start_local)
@@ -44,7 +51,7 @@ from pipeline.media import media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
-from pipeline.sizing import PoolSizes, SizingError, pool_sizes  # noqa: E402
+from pipeline.sizing import NodeCapacity, PoolSizes, SizingError, cluster_pool_sizes  # noqa: E402
 from pipeline.stats import merged_stats  # noqa: E402
 from shards.stats import STATS_FILE  # noqa: E402
 from models.weights import MissingWeightsError, require, warn_random  # noqa: E402
@@ -157,40 +164,56 @@ def cluster_info(cfg: DictConfig) -> dict[str, Any]:
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
     resources = {k: float(v) for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU", "memory")}
-    memory_gb = resources["memory"] / 2**30 if "memory" in resources else None
-    sizes = pool_sizes(cfg.ray, resources.get("CPU", 0.0), resources.get("GPU", 0.0), local=address == "local",
-                       memory_gb=memory_gb)
+    nodes = [NodeCapacity.of(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+    sizes = cluster_pool_sizes(cfg.ray, nodes, local=address == "local")
     log.info("actors: %d CPU workers (%g CPU each), %d model workers (%g CPU, %g GPU each)", sizes.cpu_workers,
              sizes.cpu_worker_cpus, sizes.model_workers, sizes.model_worker_cpus, sizes.model_worker_gpus)
-    return {"address": address, "resources": resources, "pools": sizes.as_dict()}
+    return {"address": address, "resources": resources, "nodes": len(nodes), "pools": sizes.as_dict()}
 
 
-def start_model_workers(cfg: DictConfig, sizes: PoolSizes) -> tuple[list, list]:
+def worker_classes(workers: tuple[type, type] | None) -> tuple[type, type]:
+    """(CPU worker class, model worker class): ``pipeline.workers``' unless given (the fault tests
+    give subclasses that fail on purpose)."""
+    if workers is not None:
+        return workers
+    from pipeline.workers import CpuWorker, ModelWorker
+
+    return CpuWorker, ModelWorker
+
+
+def start_model_workers(cfg: DictConfig, sizes: PoolSizes, cls: type) -> tuple[list, list]:
     """The model actors and their ``describe`` calls, not waited for: they load their models (a
     large model takes a minute) while the CPU workers start and run the identity pass."""
     import ray
 
-    from pipeline.workers import ModelWorker
-
     plain = to_dict(cfg)
-    actors = [ray.remote(ModelWorker).options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
+    actors = [ray.remote(cls).options(num_cpus=sizes.model_worker_cpus, num_gpus=sizes.model_worker_gpus,
                                               max_restarts=-1, max_task_retries=0)
               .remote(plain) for _ in range(sizes.model_workers)]
     return actors, [a.describe.remote() for a in actors]
 
 
-def start_cpu_workers(cfg: DictConfig, sizes: PoolSizes) -> list:
-    """The CPU actors, not waited for (their first call waits)."""
+def start_cpu_workers(cfg: DictConfig, sizes: PoolSizes, cls: type) -> list:
+    """The CPU actors, waited for until Ray has placed them all (``ray.placement_timeout_s``)."""
     import ray
 
-    from pipeline.workers import CpuWorker
+    from pipeline.scheduler import PlacementError
 
     plain = to_dict(cfg)
-    return [ray.remote(CpuWorker).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
-            .remote(plain) for _ in range(sizes.cpu_workers)]
+    actors = [ray.remote(cls).options(num_cpus=sizes.cpu_worker_cpus, max_restarts=-1, max_task_retries=0)
+              .remote(plain) for _ in range(sizes.cpu_workers)]
+    timeout_s = float(cfg.ray.placement_timeout_s)
+    ready, pending = ray.wait([a.__ray_ready__.remote() for a in actors], num_returns=len(actors), timeout=timeout_s)
+    if pending:
+        for actor in actors:
+            ray.kill(actor)
+        raise PlacementError(f"{len(pending)} of {len(actors)} CPU actors ({sizes.cpu_worker_cpus:g} CPU each) "
+                             f"were not up after {timeout_s:g} s (ray.placement_timeout_s): no node has room "
+                             f"for that shape; lower ray.cpu_workers or ray.cpu_worker_cpus")
+    return actors
 
 
-def start_pools(cpu: list, model_actors: list, model_descriptions: list):
+def start_pools(cpu: list, model_actors: list, model_descriptions: list, sizes: PoolSizes):
     """The CPU and model actor pools and a call that returns {stage: model description}.
 
     The CPU workers are waited for; the model workers (:func:`start_model_workers`) get work once up.
@@ -206,7 +229,9 @@ def start_pools(cpu: list, model_actors: list, model_descriptions: list):
     def models() -> dict[str, dict[str, str]]:
         return {k: v for d in cpu_descriptions + ray.get(model_descriptions) for k, v in d.items()}
 
-    return ActorPool("cpu", cpu), ActorPool("model", model_actors, starting=model_descriptions), models
+    return (ActorPool("cpu", cpu, shape={"CPU": sizes.cpu_worker_cpus}),
+            ActorPool("model", model_actors, starting=model_descriptions,
+                      shape={"CPU": sizes.model_worker_cpus, "GPU": sizes.model_worker_gpus}), models)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -222,8 +247,25 @@ def run_meta(cfg: DictConfig, models: dict[str, dict[str, str]]) -> RunMeta:
     )
 
 
-def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict[str, Any]:
-    """Run the pending chunks on Ray; returns the cluster's description and this run's timings."""
+def ungrouped_chunks(chunks: list[Chunk], identities: dict[str, str], enabled: bool) -> dict[int, list[Retryable]]:
+    """Chunks with a video the identity pass could not embed for infrastructure reasons: they
+    cannot be split yet, so they wait for the next run."""
+    if not enabled:
+        return {}
+    waiting: dict[int, list[Retryable]] = {}
+    for chunk in chunks:
+        for video in chunk.videos:
+            if video.video_id not in identities:
+                waiting.setdefault(chunk.index, []).append(Retryable(
+                    "identity", video.source, None, None, "identity",
+                    "its face embeddings failed for infrastructure reasons (see the log)", 1))
+    return waiting
+
+
+def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
+                   workers: tuple[type, type] | None = None) -> dict[str, Any]:
+    """Run the pending chunks on Ray; returns the cluster's description and this run's timings
+    (and ``stopped``, the reason, when the error budget stopped it)."""
     import ray
 
     from pipeline.scheduler import Scheduler
@@ -236,18 +278,24 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
         from pipeline.identity import embed_on_workers, identity_groups
 
         sizes = PoolSizes(**this_run["cluster"]["pools"])
-        model_actors, model_descriptions = start_model_workers(cfg, sizes)
-        cpu_actors = start_cpu_workers(cfg, sizes)
+        cpu_class, model_class = worker_classes(workers)
+        model_actors, model_descriptions = start_model_workers(cfg, sizes, model_class)
+        cpu_actors: list = []
         try:
+            cpu_actors = start_cpu_workers(cfg, sizes, cpu_class)
             # Before any clip is written (the split needs every face), on the CPU workers while
             # the model workers load.
             identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
                                          embed_on_workers(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
-            cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions)
+            cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions, sizes)
         except BaseException:
             for actor in model_actors + cpu_actors:
                 ray.kill(actor)
             raise
+        waiting = ungrouped_chunks(chunks, identities, cfg.identity.backend not in ("none", None))
+        for index, items in waiting.items():
+            write_incomplete(out, index, items)
+        chunks = [c for c in chunks if c.index not in waiting]
         this_run["startup_s"] = time.monotonic() - started
         meta: list[RunMeta] = []  # filled once the model workers are up
         progress = Progress(sum(len(c.videos) for c in chunks), enabled=bool(cfg.progress.enabled))
@@ -256,15 +304,28 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk]) -> dict
             def fetch(clip):
                 return ray.get(state.results[clip.clip_id])
 
+            if state.retryable:  # no done file: the next run redoes the chunk
+                write_incomplete(out, state.chunk.index, state.retryable)
+                log.warning("chunk %d incomplete: %d items failed for infrastructure reasons",
+                            state.chunk.index, len(state.retryable))
+                return
             if not meta:
                 meta.append(run_meta(cfg, models()))
             done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg,
                                identities)
+            clear_incomplete(out, state.chunk.index)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
 
+        scheduler = Scheduler(cfg, cpu, model, finish, progress)
         try:
-            Scheduler(cfg, cpu, model, finish, progress).run(chunks)
+            scheduler.run(chunks)
             this_run["processing_s"] = time.monotonic() - started - this_run["startup_s"]
+        except ErrorBudgetExceeded as exc:
+            log.error("%s", exc)
+            this_run["stopped"] = str(exc)
+            for state in scheduler.unfinished():
+                if state.retryable:
+                    write_incomplete(out, state.chunk.index, state.retryable)
         finally:
             progress.close()
             for actor in cpu.actors + model.actors:
@@ -343,6 +404,13 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
         },
         "cluster": this_run.get("cluster"),
     }
+    not_done = [c.index for c in chunks if c.index not in done]
+    if not_done:
+        records = {k: v for k, v in read_incomplete(out).items() if k in set(not_done)}
+        kinds = Counter(i.kind for items in records.values() for i in items)
+        run["incomplete"] = {"chunks": not_done, "retryable_items": sum(kinds.values()),
+                             "kinds": dict(sorted(kinds.items())), "stopped": this_run.get("stopped"),
+                             "summary": summary_line(records, len(not_done), rerun_command(this_run.get("argv")))}
     out.write_bytes(RUN_FILE, json.dumps(run, indent=1).encode())
     return run
 
@@ -354,7 +422,7 @@ def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:
     return json.loads(out.read_bytes(RUN_FILE)).get("chunks") == [c.index for c in chunks]
 
 
-def run(args: argparse.Namespace) -> dict[str, Any] | None:
+def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> dict[str, Any] | None:
     start = time.monotonic()
     cfg = build_config(args)
     check_weights(cfg)
@@ -369,7 +437,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
             return None
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
-        this_run = process_chunks(cfg, out, pending) if pending else {}
+        this_run = process_chunks(cfg, out, pending, workers) if pending else {}
+        this_run["argv"] = getattr(args, "argv", None)
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)
@@ -378,11 +447,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         out.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, workers: tuple[type, type] | None = None) -> int:
+    """Run the job; ``workers``: (CPU, model) worker classes other than ``pipeline.workers``'."""
+    from pipeline.scheduler import PlacementError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        run(args)
+        result = run(args, workers)
     except MissingWeightsError as exc:
         log.error("%s", exc)
         if "qalign_one_align" in exc.names:
@@ -390,9 +463,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "filters.quality.metric=piqe filters.quality.threshold=60 (--random-weights builds "
                       "Q-Align's architecture with random weights: speed runs only)")
         return 2
-    except (SizingError, RayAddressError) as exc:
+    except (SizingError, RayAddressError, PlacementError) as exc:
         log.error("%s", exc)
         return 2
+    if result and result.get("incomplete"):
+        if result["incomplete"]["stopped"]:
+            log.error("%s", result["incomplete"]["stopped"])
+        log.error("%s", result["incomplete"]["summary"])
+        return EXIT_INCOMPLETE
     return 0
 
 

@@ -8,6 +8,11 @@ arrays as written and stored in ``moments/chunk-NNNNNN.parquet``; the merged mom
 training clips go into the done file, so the run's statistics never read a shard back. The done
 file is written only once everything else is in place: a chunk without it is redone from scratch
 by the next run, and anything it left is replaced.
+
+A kept clip whose record cannot be fetched because it was lost with its node is no verdict on the
+clip: the chunk is not written (``ResultsLost`` names the clips, which the scheduler prepares
+again). A storage error while writing stops the chunk the same way, for the scheduler to record.
+Only a clip whose arrays cannot be written (``write/invalid_sample``) is rejected here.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pipeline.clip import Clip
+from pipeline.faults import raise_if_transient, transient_kind
+from pipeline.incomplete import ResultsLost
 from pipeline.manifest_writer import RunMeta, clip_row, video_row, write_parts
 from pipeline.outdir import SHARDS, OutputDir, done_name
 from pipeline.stages.base import error_text
@@ -60,6 +67,7 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
     val_fraction = float(cfg["split"]["val_fraction"])
     clips = sorted(clips, key=lambda c: (c.source, c.start_s, c.end_s))
     rows = []
+    lost: list[str] = []  # kept clips whose records went with their node
     moments: list[tuple[dict[str, str], DatasetMoments]] = []
     target_bytes = int(float(cfg["work"]["shard_target_mb"]) * 2**20)
     writers = {split: ShardWriter(out.local_path(SHARDS), chunk, target_bytes, split) for split in SPLITS}
@@ -74,16 +82,29 @@ def write_chunk(out: OutputDir, chunk: int, videos: list[Clip], clips: list[Clip
                 continue
             try:
                 full = fetch(clip)
+            except Exception as exc:  # noqa: BLE001 - lost with its node, or a broken record
+                if transient_kind(exc) is None:
+                    clip.reject("write", "invalid_sample", error_text(exc))
+                    rows.append(clip_row(clip, split, meta, split_group=group))
+                    continue
+                lost.append(clip.clip_id)
+            if lost:
+                continue  # only looking for more lost clips now: this chunk is not written
+            try:
                 clip_moments = DatasetMoments.of_clip(full.motion, full.audio_feat)
                 shard, hashes = writers[split].write(clip.clip_id, full.motion, full.audio_feat,
-                                             int16_samples(full.audio), sample_meta(full, split, meta))
+                                                     int16_samples(full.audio), sample_meta(full, split, meta))
             except Exception as exc:  # noqa: BLE001 - a clip that cannot be written is rejected
+                raise_if_transient(exc)  # a storage error is not the clip's
                 clip.reject("write", "invalid_sample", error_text(exc))
                 rows.append(clip_row(clip, split, meta, split_group=group))
                 continue
             rows.append(clip_row(clip, split, meta, shard, hashes, split_group=group))
             moments.append(({"shard": shard, "key": clip.clip_id, "split": split,
                              "dataset": clip.dataset}, clip_moments))
+    if lost:
+        clear_chunk_shards(out, chunk)
+        raise ResultsLost(chunk, lost)
     written = [name for writer in writers.values() for name in writer.written]
     for name in written:
         out.publish(f"{SHARDS}/{name}")

@@ -11,7 +11,9 @@ the embeddings, ``work.videos_per_chunk`` videos a call, with the detector and e
 stage has loaded anyway (``CpuWorker.identity_embeddings``); otherwise this process does.
 
 A video with a ``speaker`` is embedded too: unlabelled videos of the same face join its speaker's
-group. A video that cannot be read, or shows no face, keeps its own group (``video:<id>``).
+group. A video that cannot be read, or shows no face, keeps its own group (``video:<id>``). A video
+whose embedding failed for infrastructure reasons (a worker that died twice, a read that timed
+out: ``pipeline.faults``) is not stored and gets no group: its chunk waits for the next run.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pyarrow as pa
 from models.face_detectors import make_detector
 from models.face_identity import BACKEND_MODELS, FaceEmbedder, identity_threshold
 from pipeline.decode import iter_video_chunks
+from pipeline.faults import transient_kind
 from pipeline.inputs import InputVideo, video_id
 from pipeline.outdir import OutputDir
 from pipeline.probe import probe
@@ -49,6 +52,7 @@ IDENTITY_SCHEMA = pa.schema([
 
 
 NO_EMBEDDING = np.zeros((0, 1), np.float32)  # a video with no face embedded
+RETRYABLE = "retryable: "  # the start of the error of a video to embed again next run (not stored)
 
 
 def identity_name(number: int) -> str:
@@ -102,7 +106,8 @@ class VideoEmbedder:
                 if len(dets) and sides.max() >= self.min_face:
                     found.append(self.embedder.embed(frame, dets[int(np.argmax(sides)), :4]))
         except Exception as exc:  # noqa: BLE001 - an unreadable video keeps its own group
-            return NO_EMBEDDING, f"{type(exc).__name__}: {exc}"
+            kind = transient_kind(exc)
+            return NO_EMBEDDING, (f"{RETRYABLE}{kind}: " if kind else "") + f"{type(exc).__name__}: {exc}"
         if not found:
             return NO_EMBEDDING, "no face"
         return np.stack(found), None
@@ -141,7 +146,7 @@ def embed_on_workers(workers: Sequence[Any], per_call: int, ready_timeout_s: flo
                 in_flight[worker.identity_embeddings.remote(batches[i])] = (worker, i)
             if not in_flight:  # every worker is gone: the rest cannot be embedded
                 for i in waiting:
-                    results[i] = [(NO_EMBEDDING, "no worker left")] * len(batches[i])
+                    results[i] = [(NO_EMBEDDING, f"{RETRYABLE}worker_died: no worker left")] * len(batches[i])
                 break
             (ref,), _ = ray.wait(list(in_flight), num_returns=1)
             worker, i = in_flight.pop(ref)
@@ -152,9 +157,9 @@ def embed_on_workers(workers: Sequence[Any], per_call: int, ready_timeout_s: flo
                 if tries[i] < 2:
                     waiting.insert(0, i)
                 else:
-                    log.warning("identity pass: a worker died twice on %d videos; they keep their own groups",
+                    log.warning("identity pass: a worker died twice on %d videos; they wait for the next run",
                                 len(batches[i]))
-                    results[i] = [(NO_EMBEDDING, f"worker died: {type(exc).__name__}")] * len(batches[i])
+                    results[i] = [(NO_EMBEDDING, f"{RETRYABLE}worker_died: {type(exc).__name__}")] * len(batches[i])
                 if ready(worker):
                     free.append(worker)
         return [result for batch in results for result in batch]
@@ -187,6 +192,9 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
     assigned = assign_groups(unlabelled, {**known, **labelled}, threshold)
     rows = []
     for (vid, v), (emb, error) in zip(new, results):
+        if error and error.startswith(RETRYABLE):
+            log.warning("identity pass: %s not grouped (%s); its chunk waits for the next run", v.source, error)
+            continue
         group = labelled[vid][0] if v.speaker else assigned[vid]
         if not v.speaker and not len(emb):
             group = split_group(None, vid)
@@ -194,6 +202,8 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
                      "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [],
                      "error": error})
         groups[vid] = group
+    if not rows:
+        return groups
     number = len([n for n in out.list(IDENTITY_DIR) if n.endswith(".parquet")])
     out.write_parquet(identity_name(number), pa.Table.from_pylist(rows, schema=IDENTITY_SCHEMA))
     return groups

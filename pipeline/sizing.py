@@ -26,8 +26,15 @@ single-thread work (``ray.cpu_stage_share``, measured by bench/pipeline.py and l
   only Ray's bookkeeping (Ray places actors by them and never limits a process to its share): they
   add up to the cores, so a local Ray fits every actor and a cluster's nodes are shared out evenly.
 
+On a cluster of several nodes the ``auto`` shares come from what each node holds, not from the
+total (``cluster_pool_sizes``): every node is sized as above on its own cores and GPUs, the pools
+take the smallest share any node gave and the sum of the counts, and the actors are checked to
+pack into the nodes (largest first, as Ray places them). Sized from the total, two 1-CPU nodes
+got two model actors of 0.8 CPU, one per node, and a CPU actor of 0.4 that fit neither.
+
 Actors that do not fit wait for resources: forever on a local Ray, which is an error here, and
-until the autoscaler adds nodes on a cluster, which is only worth a warning.
+until the autoscaler adds nodes on a cluster, which is only worth a warning; an actor pool still
+not up after ``ray.placement_timeout_s`` stops the run (``pipeline.scheduler``).
 """
 from __future__ import annotations
 
@@ -45,6 +52,22 @@ RESOURCE_STEP = 1e-4       # Ray's resolution for fractional resources
 
 class SizingError(ValueError):
     """The actor pools cannot be sized as configured on this cluster."""
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What one node offers Ray's actors."""
+
+    cpus: float
+    gpus: float = 0.0
+    memory_gb: float | None = None
+
+    @classmethod
+    def of(cls, resources: Mapping[str, float]) -> "NodeCapacity":
+        """From a node's resources as ``ray.nodes()`` lists them."""
+        memory = resources.get("memory")
+        return cls(float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)),
+                   None if memory is None else float(memory) / 2**30)
 
 
 @dataclass(frozen=True)
@@ -130,4 +153,74 @@ def pool_sizes(ray_cfg: Mapping[str, Any], cpus: float, gpus: float, local: bool
         if local:
             raise SizingError(message + ": on a local Ray the rest would wait forever")
         log.warning("%s; the actors that do not fit start when the cluster grows", message)
+    return sizes
+
+
+def _node_counts(ray_cfg: Mapping[str, Any], node: NodeCapacity, gpu_each: float) -> PoolSizes | None:
+    """The ``auto`` sizing of one node on its own (None: the node hosts no actor)."""
+    per_node = {**ray_cfg, "cpu_workers": AUTO, "model_workers": AUTO, "model_worker_gpus": gpu_each}
+    if gpu_each > 0:
+        cpu_each = float(ray_cfg["cpu_worker_cpus"]) if _given(ray_cfg["cpu_worker_cpus"]) else 1.0
+        model_cpus = float(ray_cfg["model_worker_cpus"]) if _given(ray_cfg["model_worker_cpus"]) else 1.0
+        models = math.floor(node.gpus / gpu_each + 1e-9)
+        cpus = max(0, math.floor((node.cpus - models * model_cpus) / cpu_each + 1e-9))
+        return PoolSizes(cpus, cpu_each, models, model_cpus, gpu_each) if cpus or models else None
+    if node.cpus <= 0:
+        return None
+    try:
+        return pool_sizes(per_node, node.cpus, 0.0, local=False, memory_gb=node.memory_gb)
+    except SizingError:
+        return None
+
+
+def packs(sizes: PoolSizes, nodes: list[NodeCapacity]) -> bool:
+    """True when every actor fits on some node, placed largest first on the first node with room."""
+    room = [[n.cpus, n.gpus] for n in sorted(nodes, key=lambda n: (-n.gpus, -n.cpus))]
+    actors = ([(sizes.model_worker_cpus, sizes.model_worker_gpus)] * sizes.model_workers
+              + [(sizes.cpu_worker_cpus, 0.0)] * sizes.cpu_workers)
+    for cpu, gpu in sorted(actors, key=lambda a: (-a[1], -a[0])):
+        node = next((r for r in room if r[0] + 1e-9 >= cpu and r[1] + 1e-9 >= gpu), None)
+        if node is None:
+            return False
+        node[0] -= cpu
+        node[1] -= gpu
+    return True
+
+
+def cluster_pool_sizes(ray_cfg: Mapping[str, Any], nodes: list[NodeCapacity], local: bool) -> PoolSizes:
+    """``pool_sizes`` for a cluster of these nodes: one node is sized as a whole; several are each
+    sized on their own, the pools taking the smallest share and the sum of the counts (a count
+    given in the config is kept). Raises ``SizingError`` when the actors cannot pack into the
+    nodes on a fixed (local) cluster, and warns on one that may grow."""
+    nodes = [n for n in nodes if n.cpus > 0 or n.gpus > 0]
+    if not nodes:
+        raise SizingError("the cluster has no node with CPUs or GPUs")
+    cpus, gpus = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
+    memory = None if any(n.memory_gb is None for n in nodes) else sum(n.memory_gb for n in nodes)
+    if len(nodes) == 1:
+        sizes = pool_sizes(ray_cfg, cpus, gpus, local, memory)
+    else:
+        gpu_each = (float(ray_cfg["model_worker_gpus"]) if _given(ray_cfg["model_worker_gpus"])
+                    else (1.0 if any(n.gpus >= 1 for n in nodes) else 0.0))
+        plans = [p for p in (_node_counts(ray_cfg, n, gpu_each) for n in nodes) if p is not None]
+        with_cpu = [p for p in plans if p.cpu_workers] or plans
+        with_model = [p for p in plans if p.model_workers] or plans
+        if not plans:
+            raise SizingError(f"no node of {nodes} can hold a CPU and a model actor")
+
+        def count(key: str, planned: int) -> int:
+            return int(ray_cfg[key]) if _given(ray_cfg[key]) else max(1, planned)
+
+        sizes = PoolSizes(count("cpu_workers", sum(p.cpu_workers for p in plans)),
+                          min(p.cpu_worker_cpus for p in with_cpu),
+                          count("model_workers", sum(p.model_workers for p in plans)),
+                          min(p.model_worker_cpus for p in with_model), gpu_each)
+        log.info("sized from %d nodes (%s)", len(nodes),
+                 ", ".join(f"{n.cpus:g} CPU {n.gpus:g} GPU" for n in nodes))
+    if not packs(sizes, nodes):
+        message = (f"the actors ({sizes.as_dict()}) do not pack into the nodes "
+                   f"({', '.join(f'{n.cpus:g} CPU {n.gpus:g} GPU' for n in nodes)})")
+        if local:
+            raise SizingError(message + "; lower ray.cpu_workers / ray.model_workers or their shares")
+        log.warning("%s; those that do not fit wait for the cluster to grow (ray.placement_timeout_s)", message)
     return sizes

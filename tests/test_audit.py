@@ -402,3 +402,22 @@ def test_a_shard_holds_one_split(tmp_path, capsys):
     assert code == 1 and checks_found(report) == {"shard_split"}
     assert sorted(p["key"] for p in report["problems"]) == sorted(moved)
     assert all(p["shard"] == "shard-000000-train-05.tar" for p in report["problems"])
+
+
+def test_retryable_items_are_listed_apart_from_rejections(copy, capsys):
+    """Items the job left for a rerun (``OUT/incomplete/``) are named in the summary, not counted
+    as rejections; the checks still pass (the done chunks are consistent)."""
+    item = {"step": "model", "source": "/videos/x.mp4", "start_s": 0.0, "end_s": 8.0, "kind": "out_of_memory",
+            "error": "model: TransientError: out_of_memory: CUDA out of memory", "attempts": 3}
+    (copy / "incomplete").mkdir()
+    (copy / "incomplete" / "chunk-000007.json").write_text(json.dumps({"chunk": 7, "items": [item]}))
+    code, report = run_audit(copy, capsys=capsys)
+    assert code == 0
+    waiting = report["summary"]["retryable"]
+    assert waiting["chunks"] == [7] and waiting["kinds"] == {"out_of_memory": 1}
+    assert waiting["items"][0]["source"] == "/videos/x.mp4"
+    rejected = report["summary"]["totals"]["clips_rejected"]
+    assert main([str(copy), "--workers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Retryable, not rejected" in text and "out_of_memory 1" in text and "/videos/x.mp4" in text
+    assert rejected == run_audit(copy, capsys=capsys)[1]["summary"]["totals"]["clips_rejected"]

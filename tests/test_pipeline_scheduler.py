@@ -1,5 +1,6 @@
-"""The driver loop under failure: a worker process that dies and a call that hangs become recorded
-rejections, every other clip completes, and each chunk is finished exactly once.
+"""The driver loop under failure: a worker process that dies once is retried and its clip kept; one
+that always dies, and a call that hangs, leave their items retryable on their chunk (never a
+rejection); every other clip completes, and each chunk is finished exactly once.
 
 The actors here are real Ray actors; their worker class misbehaves on purpose for named inputs
 (the stages' own error handling is tested elsewhere: here it is the processes that fail).
@@ -29,7 +30,18 @@ INFO = VideoInfo(duration_s=2.0, fps=25.0, is_vfr=False, width=64, height=64, ro
 
 
 class MisbehavingWorker:
-    """Two one-second clips per video; ``die_*`` sources kill the process, ``hang_*`` ones never return."""
+    """Two one-second clips per video; ``die_*`` sources kill the process, ``hang_*`` ones never
+    return, ``once_*`` ones kill it the first time only (a marker file in ``marker_dir`` remembers)."""
+
+    def __init__(self, marker_dir: str | None = None):
+        self.marker_dir = marker_dir
+
+    def first_time(self, name: str) -> bool:
+        marker = os.path.join(self.marker_dir or "/nonexistent", name)
+        if self.marker_dir is None or os.path.exists(marker):
+            return False
+        open(marker, "w").close()
+        return True
 
     def plan_video(self, video: Clip) -> tuple[Clip, list[Clip]]:
         if "die_plan" in video.source:
@@ -40,26 +52,30 @@ class MisbehavingWorker:
     def process(self, group: str, clip: Clip) -> tuple[Clip, Clip | None]:
         if clip.start_s == 1.0 and f"die_{group}" in clip.source:
             os._exit(1)
+        if clip.start_s == 1.0 and f"once_{group}" in clip.source and self.first_time(f"{group}_{clip.clip_id}"):
+            os._exit(1)
         if clip.start_s == 1.0 and f"hang_{group}" in clip.source:
             time.sleep(3600)
         clip.scores[group] = 1.0
         return clip.summary(), clip
 
 
-def test_dead_and_hung_workers_become_rejections(ray_session):  # noqa: F811
-    cfg = load_config("pipeline", ["ray.task_timeout_s=5", "ray.max_attempts=2"])
+def test_dead_and_hung_workers_are_retried_then_left_retryable(ray_session, tmp_path):  # noqa: F811
+    cfg = load_config("pipeline", ["ray.task_timeout_s=5", "ray.max_attempts=2", "ray.retry_backoff_s=0.1",
+                                   "run.error_budget=1.0"])
     worker = ray.remote(MisbehavingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
-    cpu = ActorPool("cpu", [worker.remote() for _ in range(2)])
-    model = ActorPool("model", [worker.remote()])
+    cpu = ActorPool("cpu", [worker.remote(str(tmp_path)) for _ in range(2)])
+    model = ActorPool("model", [worker.remote(str(tmp_path))])
     ray.get([a.__ray_ready__.remote() for a in cpu.actors + model.actors])
-    names = ["ok_a", "die_plan", "die_prepare", "hang_model", "ok_b"]
+    names = ["ok_a", "die_plan", "die_prepare", "hang_model", "ok_b", "once_prepare", "once_model"]
     chunks = [Chunk(i, (InputVideo(f"/videos/{name}.mp4"),)) for i, name in enumerate(names)]
     finished = {}
 
     def on_chunk(state) -> None:
         assert state.chunk.index not in finished, "a chunk must be finished once"
         finished[state.chunk.index] = (state.videos, sorted(state.clips, key=lambda c: c.start_s),
-                                       {k: ray.get(v) for k, v in state.results.items()})
+                                       {k: ray.get(v) for k, v in state.results.items()},
+                                       [(r.step, r.kind, r.start_s, r.attempts) for r in state.retryable])
 
     try:
         Scheduler(cfg, cpu, model, on_chunk, Progress(len(names), enabled=False)).run(chunks)
@@ -70,18 +86,22 @@ def test_dead_and_hung_workers_become_rejections(ray_session):  # noqa: F811
     assert sorted(finished) == list(range(len(names)))
     outcome = {}
     for index, name in enumerate(names):
-        videos, clips, results = finished[index]
-        assert len(videos) == 1
-        outcome[name] = (videos[0].rejection and (videos[0].rejection.stage, videos[0].rejection.reason),
-                         [c.rejection and (c.rejection.stage, c.rejection.reason) for c in clips])
-        for clip in clips:
-            if clip.kept:  # kept clips went through both groups and their full record is fetchable
-                assert clip.scores == {"prepare": 1.0, "model": 1.0}
-                assert results[clip.clip_id].scores == clip.scores
-    assert outcome["ok_a"] == outcome["ok_b"] == (None, [None, None])
-    assert outcome["die_plan"] == (("worker", "worker_died"), [])
-    assert outcome["die_prepare"] == (None, [None, ("worker", "worker_died")])
-    assert outcome["hang_model"] == (None, [None, ("worker", "timeout")])
+        videos, clips, results, retryable = finished[index]
+        assert all(c.kept for c in clips) and all(v.kept for v in videos)  # nothing rejected
+        outcome[name] = (len(videos), len(clips), retryable)
+        for clip in clips:  # kept clips went through both groups and their full record is fetchable
+            assert clip.scores == {"prepare": 1.0, "model": 1.0}
+            assert results[clip.clip_id].scores == clip.scores
+    assert outcome["ok_a"] == outcome["ok_b"] == (1, 2, [])
+    assert outcome["once_prepare"] == outcome["once_model"] == (1, 2, [])  # died once, retried, kept
+    # a process that exits under a call reads as a dead worker, or as an actor Ray is restarting
+    died = {"worker_died", "actor_unavailable"}
+    assert outcome["die_plan"][:2] == (0, 0) and len(outcome["die_plan"][2]) == 1
+    assert outcome["die_plan"][2][0][0::2] == ("plan", None) and outcome["die_plan"][2][0][1] in died
+    assert outcome["die_plan"][2][0][3] == 2
+    assert outcome["die_prepare"][:2] == (1, 1) and outcome["die_prepare"][2][0][0] == "prepare"
+    assert outcome["die_prepare"][2][0][1] in died and outcome["die_prepare"][2][0][2:] == (1.0, 2)
+    assert outcome["hang_model"] == (1, 1, [("model", "timeout", 1.0, 2)])
 
 
 class SlowStartingWorker(MisbehavingWorker):
@@ -306,6 +326,33 @@ def test_identity_pass_on_workers_retries_a_dead_worker_once(ray_session, tmp_pa
     results = embed(["a.mp4", "die_once_b.mp4", "die_always_c.mp4", "d.mp4"])
     assert [len(emb) for emb, _ in results] == [1, 1, 0, 1]
     assert [error for _, error in results[:2]] == [None, None]
-    assert results[2][1].startswith("worker died")
+    assert results[2][1].startswith("retryable: worker_died")
     for worker in workers:
         ray.kill(worker)
+
+
+def test_actors_that_no_node_can_hold_stop_the_run_naming_their_shape(ray_session):  # noqa: F811
+    """The tests' Ray has 2 CPUs: an actor asking for 4 is never placed. Starting CPU workers and
+    running with a model pool of such actors both stop after ray.placement_timeout_s, in one line."""
+    from pipeline.build_shards import start_cpu_workers
+    from pipeline.scheduler import PlacementError
+    from pipeline.sizing import PoolSizes
+
+    cfg = load_config("pipeline", ["ray.placement_timeout_s=3"])
+    sizes = PoolSizes(cpu_workers=1, cpu_worker_cpus=4.0, model_workers=1, model_worker_cpus=1.0, model_worker_gpus=0.0)
+    started = time.monotonic()
+    with pytest.raises(PlacementError, match=r"1 of 1 CPU actors \(4 CPU each\) were not up after 3 s") as info:
+        start_cpu_workers(cfg, sizes, MisbehavingWorker)
+    assert "\n" not in str(info.value) and time.monotonic() - started < 30
+
+    worker = ray.remote(MisbehavingWorker).options(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+    cpu = ActorPool("cpu", [worker.remote()])
+    huge = ray.remote(SlowStartingWorker).options(num_cpus=4, max_restarts=-1, max_task_retries=0).remote()
+    model = ActorPool("model", [huge], starting=[huge.started.remote()], shape={"CPU": 4.0, "GPU": 0.0})
+    chunks = [Chunk(0, (InputVideo("/videos/a.mp4"),))]
+    try:
+        with pytest.raises(PlacementError, match=r"no model actor \(CPU 4, GPU 0\) has been up"):
+            Scheduler(cfg, cpu, model, lambda state: None, Progress(1, enabled=False)).run(chunks)
+    finally:
+        ray.kill(cpu.actors[0])
+        ray.kill(huge)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from configs import load_config
-from pipeline.sizing import SizingError, pool_sizes
+from pipeline.sizing import NodeCapacity, PoolSizes, SizingError, cluster_pool_sizes, packs, pool_sizes
 
 
 def ray_cfg(*overrides: str):
@@ -82,3 +82,29 @@ def test_actors_that_do_not_fit_are_an_error_on_a_local_ray_and_a_warning_on_a_c
         pool_sizes(ray_cfg("model_worker_gpus=1", "model_workers=2"), cpus=8, gpus=1, local=True)
     with pytest.raises(SizingError, match="cpu_worker_cpus"):
         pool_sizes(ray_cfg("cpu_worker_cpus=0"), cpus=8, gpus=0, local=True)
+
+
+def test_several_nodes_are_sized_from_what_each_holds():
+    """Two 1-CPU nodes: sized from the total (2 CPUs) the pools were two model actors of 0.8 CPU and
+    a CPU actor of 0.4 that fit on neither node; sized per node, each holds one of each."""
+    two = [NodeCapacity(1.0), NodeCapacity(1.0)]
+    from_total = pool_sizes(ray_cfg(), cpus=2, gpus=0, local=False)
+    assert (from_total.cpu_workers, from_total.cpu_worker_cpus, from_total.model_worker_cpus) == (1, 0.4, 0.8)
+    assert not packs(from_total, two)
+    sizes = cluster_pool_sizes(ray_cfg(), two, local=False)
+    assert sizes == PoolSizes(2, 0.2, 2, 0.8, 0.0) and packs(sizes, two)
+    assert cluster_pool_sizes(ray_cfg("model_workers=1"), two, local=False) == PoolSizes(2, 0.2, 1, 0.8, 0.0)
+    # one node is sized as a whole, as before
+    assert cluster_pool_sizes(ray_cfg(), [NodeCapacity(2.0)], local=True) == from_total
+    # a GPU node and a CPU-only node: model actors on the GPU, CPU actors on every free core
+    mixed = cluster_pool_sizes(ray_cfg(), [NodeCapacity(8.0, 1.0), NodeCapacity(16.0)], local=False)
+    assert mixed == PoolSizes(23, 1.0, 1, 1.0, 1.0)
+
+
+def test_actors_that_pack_into_no_node_are_an_error_on_a_fixed_cluster(caplog):
+    two = [NodeCapacity(1.0), NodeCapacity(1.0)]
+    with pytest.raises(SizingError, match="do not pack into the nodes"):
+        cluster_pool_sizes(ray_cfg("cpu_worker_cpus=0.5", "model_worker_cpus=0.8", "model_workers=2"), two,
+                           local=True)
+    cluster_pool_sizes(ray_cfg("cpu_worker_cpus=0.5", "model_worker_cpus=0.8", "model_workers=2"), two, local=False)
+    assert "do not pack into the nodes" in caplog.text

@@ -3,7 +3,9 @@
 A stage is built once per worker with the whole run config (loading its model there) and then
 called on batches of clips: ``stage(clips) -> clips``. It skips clips already rejected, and any
 exception raised for one clip becomes that clip's rejection (stage, ``"error"``, the error text),
-so one bad input never stops the batch. Stages know nothing of Ray.
+so one bad input never stops the batch; except an infrastructure failure (out of memory, a
+storage or network error, a timeout: ``pipeline.faults``), which says nothing about the clip and
+is raised as ``TransientError`` for the scheduler to retry. Stages know nothing of Ray.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 from typing import Any, Mapping
 
 from pipeline.clip import Clip
+from pipeline.faults import raise_if_transient
 
 DROP, SCORE = "drop", "score"
 
@@ -35,7 +38,8 @@ class Stage:
             start = time.perf_counter()
             try:
                 self.process(clip)
-            except Exception as exc:  # noqa: BLE001 - any failure is this clip's rejection
+            except Exception as exc:  # noqa: BLE001 - any other failure is this clip's rejection
+                raise_if_transient(exc)
                 clip.reject(self.name, "error", error_text(exc))
             clip.add_time(self.name, time.perf_counter() - start, clip.n_frames if not clip.is_video else 0)
         return clips
@@ -43,6 +47,12 @@ class Stage:
     def process(self, clip: Clip) -> None:
         """Work on one clip in place: add fields, scores, or a rejection."""
         raise TypeError(f"{type(self).__name__} must override process() or __call__()")
+
+    def media_rejection(self, clip: Clip, exc: Exception) -> None:
+        """Reject ``clip`` for a media reader's error (``MediaError``: reason and message), unless
+        the error is the infrastructure's (a read that timed out, a network error underneath)."""
+        raise_if_transient(exc)
+        clip.reject(self.name, exc.reason, exc.message or str(exc))
 
     def describe(self) -> dict[str, Any]:
         """Model id and weight id of the stage's model, if it has one."""

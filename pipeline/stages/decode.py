@@ -25,7 +25,7 @@ class DecodeAudioStage(Stage):
             audio = decode_audio(clip.source, clip.start_s, clip.end_s, sample_rate=SAMPLE_RATE,
                                  timeout_s=self.timeout_s)
         except DecodeError as exc:
-            clip.reject(self.name, exc.reason, exc.message or str(exc))
+            self.media_rejection(clip, exc)
             return
         if len(audio) != clip.n_samples:
             raise ValueError(f"decoded {len(audio)} audio samples, expected {clip.n_samples}")

@@ -80,7 +80,7 @@ class FaceStage(Filter):
         try:
             self.track_and_crop(clip)
         except DecodeError as exc:
-            clip.reject(self.name, exc.reason, exc.message or str(exc))
+            self.media_rejection(clip, exc)
 
     def decoded_once(self, clip: Clip) -> list[np.ndarray] | None:
         """The clip's frames in chunks, when they fit in ``decode.reuse_frames_mb`` (else None)."""

@@ -24,7 +24,7 @@ class ProbeStage(Stage):
         try:
             result = probe(clip.source, timeout_s=self.timeout_s)
         except ProbeError as exc:
-            clip.reject(self.name, exc.reason, exc.message or str(exc))
+            self.media_rejection(clip, exc)
             return
         clip.info = info_from_probe(result)
         if not clip.info.has_audio and self.drop_without_audio:

@@ -11,6 +11,7 @@ import time
 
 from pipeline.clip import Clip
 from pipeline.decode import DecodeError
+from pipeline.faults import raise_if_transient
 from pipeline.shots import make_clips, split_shots
 from pipeline.stages.base import Stage, error_text
 
@@ -33,9 +34,10 @@ class ShotStage(Stage):
             try:
                 out.extend(self.candidates(video))
             except DecodeError as exc:
-                video.reject(self.name, exc.reason, exc.message or str(exc))
+                self.media_rejection(video, exc)
                 out.append(video)
             except Exception as exc:  # noqa: BLE001 - the video is rejected, the batch goes on
+                raise_if_transient(exc)
                 video.reject(self.name, "error", error_text(exc))
                 out.append(video)
             video.add_time(self.name, time.perf_counter() - start)
