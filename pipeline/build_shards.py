@@ -26,6 +26,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -300,9 +301,16 @@ def audio_encoder_record(cfg: DictConfig, model_id: str | None = None) -> dict[s
     return record
 
 
+def driver_usage() -> dict[str, float]:
+    """This process's peak resident memory and CPU time so far (its threads included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
 def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float,
              this_run: dict[str, Any]) -> dict[str, Any]:
     """Gather every done chunk into the manifests, stats.json and run.json (last)."""
+    started = time.monotonic()
     done = {c.index: json.loads(out.read_bytes(done_name(c.index))) for c in chunks
             if out.exists(done_name(c.index))}
     videos, clips = consolidate(out, sorted(done))
@@ -347,10 +355,13 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
             "total_s": wall_s,
             "startup_s": this_run.get("startup_s", 0.0),
             "processing_s": this_run.get("processing_s", 0.0),
+            "planning_s": this_run.get("planning_s", 0.0),  # listing the inputs, the fingerprint, the plan
+            "finalize_s": time.monotonic() - started,  # manifests and statistics merged from the chunks
             "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
             "stage_fps": {k: round(frames[k] / seconds[k], 3) for k in sorted(frames) if seconds[k] > 0},
         },
         "cluster": this_run.get("cluster"),
+        "driver": driver_usage(),
     }
     out.write_bytes(RUN_FILE, json.dumps(run, indent=1).encode())
     return run
@@ -410,12 +421,14 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         record_config(out, cfg)
         chunks = plan_chunks(out, videos, int(cfg.work.videos_per_chunk))
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
+        planning_s = time.monotonic() - start
         if not pending and up_to_date(out, chunks):
             log.info("nothing to do: every chunk of %s is done and its manifests are written", args.output)
             return None
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
         this_run = process_chunks(cfg, out, pending, done_weight_hashes(out, chunks)) if pending else {}
+        this_run["planning_s"] = planning_s
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)
