@@ -418,13 +418,13 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         videos = list_inputs(spec)
         # Before anything is written: a changed setting would mix two datasets in one output.
         fingerprint.check_settings(out, to_dict(cfg), stored_config(out))
-        record_config(out, cfg)
         chunks = plan_chunks(out, videos, int(cfg.work.videos_per_chunk))
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
         planning_s = time.monotonic() - start
         if not pending and up_to_date(out, chunks):
             log.info("nothing to do: every chunk of %s is done and its manifests are written", args.output)
             return None
+        record_config(out, cfg)  # a run that writes something keeps its config
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
         this_run = process_chunks(cfg, out, pending, done_weight_hashes(out, chunks)) if pending else {}
