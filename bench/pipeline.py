@@ -33,6 +33,12 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
   the default sizing on every input looped 5 times (``--sizing-loops``), where the fixed start
   weighs less.
 
+With ``--memory-minutes 5 60`` (alone; added to the result file as ``memory_vs_hours``): peak memory
+of the job on one real clip looped (stream copy, no re-encoding) to each length, one video and so
+one chunk per run, clips of up to ``clips.max_len_s`` (60 s): a chunk's finished clips wait for
+the chunk on disk (``pipeline.spill``), so the peak should not follow the hours of the chunk.
+With ``--gpu`` the job runs on the whole machine with its own sizing.
+
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
 extractor at batch 1 under fp16 autocast, as LivePortrait runs it), on the inputs and on them
@@ -237,6 +243,30 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
         "pools": pools, "activity": activity,
         "spans": [(c["source"], c["start_s"], c["end_s"]) for c in kept],
     })
+
+
+def loop_by_copy(src: Path, dst: Path, minutes: float) -> Path:
+    """``src`` repeated to ``minutes`` long without re-encoding (ffmpeg's stream loop): an hour of
+    input in seconds, every copy the same real footage."""
+    times = int(minutes * 60 / probe(str(src)).duration_s) + 1
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(times - 1), "-i", str(src), "-c", "copy",
+                    "-t", f"{minutes * 60:g}", str(dst)], check=True, timeout=600)
+    return dst
+
+
+def memory_vs_hours(source: Path, work: Path, minutes: list[float], gpu: bool) -> dict:
+    """Peak memory of the job on ``source`` looped to each length (one video: one chunk)."""
+    settings = ("clips.max_len_s=60", "clips.min_len_s=3")
+    rows = []
+    for length in minutes:
+        video = loop_by_copy(source, work / "inputs" / f"{source.stem}_{length:g}min.mp4", length)
+        run = run_pipeline([video], work, f"memory_{length:g}min", None if gpu else 2, settings)
+        rows.append({"input_min": round(probe(str(video)).duration_s / 60, 2), "video_s": run["video_s"],
+                     "clips": run["clips"], "wall_s": run["wall_s"], "peak_mb": run["peak_mb"],
+                     "peak_mb_by_process": run["peak_mb_by_process"], "pools": run["pools"]})
+    return {"source": str(source), "settings": [*SETTINGS, *settings], "runs": rows,
+            "peak_ratio_longest_over_shortest": round(rows[-1]["peak_mb"] / rows[0]["peak_mb"], 3),
+            "goal": "the longest input's peak within 20% of the shortest's"}
 
 
 def prepared(spans: list[tuple[str, float, float]], cfg: dict) -> list:
@@ -602,6 +632,9 @@ def main() -> None:
     parser.add_argument("--sizing", action="store_true",
                         help="only the old and the new default CPU sizing on 2 cores, added to the result "
                              "file as default_sizing (its other keys are kept)")
+    parser.add_argument("--memory-minutes", type=float, nargs="+", default=None,
+                        help="only the peak memory on one real clip looped to each of these lengths, added "
+                             "to the result file as memory_vs_hours (its other keys are kept)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: PyTorch sees no CUDA device here")
@@ -613,6 +646,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         videos = inputs(work / "inputs")
+        if args.memory_minutes:
+            out = args.out or (RESULTS_GPU if args.gpu else RESULTS)
+            kept = json.loads(out.read_text()) if out.exists() else {"bench": "pipeline"}
+            kept["memory_vs_hours"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
+                                       "device": torch.cuda.get_device_name() if args.gpu else "cpu",
+                                       **memory_vs_hours(videos[0], work, sorted(args.memory_minutes), args.gpu)}
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(kept, indent=2) + "\n")
+            print(json.dumps({k: v for k, v in kept["memory_vs_hours"].items() if k != "runs"}, indent=2))
+            for row in kept["memory_vs_hours"]["runs"]:
+                print(row)
+            return
         if args.sizing:
             out = args.out or RESULTS
             kept = json.loads(out.read_text()) if out.exists() else {"bench": "pipeline"}

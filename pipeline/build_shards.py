@@ -31,12 +31,14 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from pipeline import fingerprint  # noqa: E402
 from pipeline.chunk_writer import write_chunk  # noqa: E402
 from pipeline.incomplete import (EXIT_INCOMPLETE, ErrorBudgetExceeded, Retryable, clear_incomplete,  # noqa: E402
                                  read_incomplete, rerun_command, summary_line, write_incomplete)
@@ -52,6 +54,7 @@ from pipeline.outdir import OutputDir, done_name  # noqa: E402
 from pipeline.plan import Chunk, plan_chunks  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.sizing import NodeCapacity, PoolSizes, SizingError, cluster_pool_sizes  # noqa: E402
+from pipeline.spill import ClipSpill  # noqa: E402
 from pipeline.stats import merged_stats  # noqa: E402
 from shards.stats import STATS_FILE  # noqa: E402
 from models.weights import MissingWeightsError, require, warn_random  # noqa: E402
@@ -59,7 +62,8 @@ from models.weights import MissingWeightsError, require, warn_random  # noqa: E4
 log = logging.getLogger("build_shards")
 
 RUN_FILE = "run.json"
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = "config.yaml"  # the first run's settings
+RUN_CONFIGS = "config.runs"  # each later run's effective config, one file per run
 DEMO_OUTPUT = "out/demo"
 WORKING_DIR_EXCLUDES = [".venv", ".git", "out", "runs", "weights", "bench/results", "**/__pycache__"]
 
@@ -263,9 +267,12 @@ def ungrouped_chunks(chunks: list[Chunk], identities: dict[str, str], enabled: b
 
 
 def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
-                   workers: tuple[type, type] | None = None) -> dict[str, Any]:
+                   workers: tuple[type, type] | None = None,
+                   done_hashes: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the pending chunks on Ray; returns the cluster's description and this run's timings
-    (and ``stopped``, the reason, when the error budget stopped it)."""
+    (and ``stopped``, the reason, when the error budget stopped it). The weights the workers
+    loaded are checked against the output's fingerprint before the first chunk is written
+    (``done_hashes``: those an older output's done chunks recorded)."""
     import ray
 
     from pipeline.scheduler import Scheduler
@@ -302,7 +309,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
 
         def finish(state) -> None:
             def fetch(clip):
-                return ray.get(state.results[clip.clip_id])
+                return spill.get(state.results[clip.clip_id])
 
             if state.retryable:  # no done file: the next run redoes the chunk
                 write_incomplete(out, state.chunk.index, state.retryable)
@@ -310,13 +317,17 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                             state.chunk.index, len(state.retryable))
                 return
             if not meta:
-                meta.append(run_meta(cfg, models()))
+                first = run_meta(cfg, models())
+                fingerprint.check_weights(out, first.weight_hashes, done_hashes)
+                meta.append(first)
             done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg,
                                identities)
             clear_incomplete(out, state.chunk.index)
+            spill.drop_chunk(state.chunk.index)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
 
-        scheduler = Scheduler(cfg, cpu, model, finish, progress)
+        spill = ClipSpill(out, ray.get)
+        scheduler = Scheduler(cfg, cpu, model, finish, progress, keep=spill.put)
         try:
             scheduler.run(chunks)
             this_run["processing_s"] = time.monotonic() - started - this_run["startup_s"]
@@ -327,6 +338,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                 if state.retryable:
                     write_incomplete(out, state.chunk.index, state.retryable)
         finally:
+            spill.close()
             progress.close()
             for actor in cpu.actors + model.actors:
                 ray.kill(actor)
@@ -350,9 +362,16 @@ def audio_encoder_record(cfg: DictConfig, model_id: str | None = None) -> dict[s
     return record
 
 
+def driver_usage() -> dict[str, float]:
+    """This process's peak resident memory and CPU time so far (its threads included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
 def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float,
              this_run: dict[str, Any]) -> dict[str, Any]:
-    """Gather every done chunk into the manifests, stats.json, config.yaml and run.json (last)."""
+    """Gather every done chunk into the manifests, stats.json and run.json (last)."""
+    started = time.monotonic()
     done = {c.index: json.loads(out.read_bytes(done_name(c.index))) for c in chunks
             if out.exists(done_name(c.index))}
     videos, clips = consolidate(out, sorted(done))
@@ -366,8 +385,6 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
     first = next(iter(done.values()), {})
     stats["audio_feat"]["encoder"] = audio_encoder_record(cfg, first.get("model_ids", {}).get("audio_features"))
     out.write_bytes(STATS_FILE, json.dumps(stats).encode())
-    save_config(cfg, out.local_path(CONFIG_FILE))
-    out.publish(CONFIG_FILE)
 
     seconds: Counter[str] = Counter()
     frames: Counter[str] = Counter()
@@ -399,10 +416,13 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
             "total_s": wall_s,
             "startup_s": this_run.get("startup_s", 0.0),
             "processing_s": this_run.get("processing_s", 0.0),
+            "planning_s": this_run.get("planning_s", 0.0),  # listing the inputs, the fingerprint, the plan
+            "finalize_s": time.monotonic() - started,  # manifests and statistics merged from the chunks
             "stage_seconds": {k: round(v, 3) for k, v in sorted(seconds.items())},
             "stage_fps": {k: round(frames[k] / seconds[k], 3) for k in sorted(frames) if seconds[k] > 0},
         },
         "cluster": this_run.get("cluster"),
+        "driver": driver_usage(),
     }
     not_done = [c.index for c in chunks if c.index not in done]
     if not_done:
@@ -422,6 +442,39 @@ def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:
     return json.loads(out.read_bytes(RUN_FILE)).get("chunks") == [c.index for c in chunks]
 
 
+def stored_config(out: OutputDir) -> dict[str, Any] | None:
+    """The config.yaml of an output made before fingerprints existed, as a plain mapping."""
+    if out.exists(fingerprint.FINGERPRINT_FILE) or not out.exists(CONFIG_FILE):
+        return None
+    return to_dict(OmegaConf.create(out.read_bytes(CONFIG_FILE).decode()))
+
+
+def record_config(out: OutputDir, cfg: DictConfig) -> None:
+    """config.yaml on the first run; each later run's effective config beside it, named by its
+    start time (UTC), so what every run was told stays on record."""
+    rel = CONFIG_FILE
+    if out.exists(CONFIG_FILE):
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        rel = f"{RUN_CONFIGS}/run-{stamp}.yaml"
+        n = 1
+        while out.exists(rel):
+            n += 1
+            rel = f"{RUN_CONFIGS}/run-{stamp}-{n}.yaml"
+    save_config(cfg, out.local_path(rel))
+    out.publish(rel)
+
+
+def done_weight_hashes(out: OutputDir, chunks: list[Chunk]) -> dict[str, str] | None:
+    """The weight hashes the first done chunk recorded (adopted by an output without them)."""
+    stored = fingerprint.read(out)
+    if stored is not None and stored.get("weight_hashes") is not None:
+        return None
+    for chunk in chunks:
+        if out.exists(done_name(chunk.index)):
+            return json.loads(out.read_bytes(done_name(chunk.index))).get("weight_hashes")
+    return None
+
+
 def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> dict[str, Any] | None:
     start = time.monotonic()
     cfg = build_config(args)
@@ -430,15 +483,21 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
     try:
         spec = (demo.demo_input(out.local_path(demo.LIST_NAME).parent, float(cfg.split.val_fraction))
                 if args.demo else args.input)
-        chunks = plan_chunks(out, list_inputs(spec), int(cfg.work.videos_per_chunk))
+        videos = list_inputs(spec)
+        # Before anything is written: a changed setting would mix two datasets in one output.
+        fingerprint.check_settings(out, to_dict(cfg), stored_config(out))
+        chunks = plan_chunks(out, videos, int(cfg.work.videos_per_chunk))
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
+        planning_s = time.monotonic() - start
         if not pending and up_to_date(out, chunks):
             log.info("nothing to do: every chunk of %s is done and its manifests are written", args.output)
             return None
+        record_config(out, cfg)  # a run that writes something keeps its config
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
-        this_run = process_chunks(cfg, out, pending, workers) if pending else {}
+        this_run = process_chunks(cfg, out, pending, workers, done_weight_hashes(out, chunks)) if pending else {}
         this_run["argv"] = getattr(args, "argv", None)
+        this_run["planning_s"] = planning_s
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)
@@ -463,7 +522,7 @@ def main(argv: Sequence[str] | None = None, workers: tuple[type, type] | None = 
                       "filters.quality.metric=piqe filters.quality.threshold=60 (--random-weights builds "
                       "Q-Align's architecture with random weights: speed runs only)")
         return 2
-    except (SizingError, RayAddressError, PlacementError) as exc:
+    except (SizingError, RayAddressError, PlacementError, fingerprint.FingerprintError) as exc:
         log.error("%s", exc)
         return 2
     if result and result.get("incomplete"):

@@ -6,7 +6,10 @@ Layout::
     OUT/shards/shard-000123-train[-01].tar kept training clips of chunk 123 (-val: validation)
     OUT/manifests/parts/chunk-000123.{videos,clips}.parquet
     OUT/done/chunk-000123.json             chunk 123 is complete (written last)
-    OUT/manifests/videos.parquet, clips.parquet, OUT/stats.json, OUT/run.json, OUT/config.yaml
+    OUT/manifests/videos.parquet, clips.parquet, OUT/stats.json, OUT/run.json
+    OUT/fingerprint.json                   the settings and weights that decide the output (pipeline.fingerprint)
+    OUT/config.yaml, OUT/config.runs/run-<UTC time>.yaml   the first run's config, each later run's
+    OUT/spill/chunk-000123/<clip>.pkl      finished clips of a chunk being run (pipeline.spill; local only)
 
 A local folder is written in place through temporary names and renames. For a remote folder
 (``s3://``, ``gs://``, anything ``pyarrow.fs`` opens) files are written to a local staging folder

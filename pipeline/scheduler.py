@@ -182,7 +182,7 @@ class ChunkState:
     unplanned: int
     videos: list[Clip] = field(default_factory=list)
     clips: list[Clip] = field(default_factory=list)
-    results: dict[str, Any] = field(default_factory=dict)  # clip id -> reference to the full clip
+    results: dict[str, Any] = field(default_factory=dict)  # clip id -> the full clip's reference, or what `keep` made of it
     open_clips: int = 0
     candidates: dict[str, Clip] = field(default_factory=dict)  # clip id -> the clip as planned
     retryable: list[Retryable] = field(default_factory=list)   # what still failed: chunk not done
@@ -190,10 +190,14 @@ class ChunkState:
 
 class Scheduler:
     def __init__(self, cfg: Mapping[str, Any], cpu: ActorPool, model: ActorPool,
-                 on_chunk: Callable[[ChunkState], None], progress: Progress):
+                 on_chunk: Callable[[ChunkState], None], progress: Progress,
+                 keep: Callable[[Clip, Any], Any] | None = None):
+        """``keep(summary, reference)``: called with each kept clip as its model call returns;
+        what it returns is held for the chunk in place of the reference (``pipeline.spill``)."""
         ray_cfg = cfg["ray"]
         self.cpu, self.model = cpu, model
         self.on_chunk = on_chunk
+        self.keep = keep
         self.progress = progress
         self.max_prepared = max_prepared_clips(ray_cfg["max_prepared_clips"], len(cpu.actors), len(model.actors))
         self.timeout_s = float(ray_cfg["task_timeout_s"])
@@ -378,7 +382,8 @@ class Scheduler:
                 self._final(value)
         else:
             if value.kept:
-                self.chunks[value.chunk].results[value.clip_id] = task.result
+                held = self.keep(value, task.result) if self.keep else task.result
+                self.chunks[value.chunk].results[value.clip_id] = held
             self._final(value)
 
     def _failed(self, task: Task, exc: RayError) -> None:
