@@ -10,7 +10,8 @@ Three layers, cheapest first:
    no split group (speaker, face identity or source video) is in both train and val, and no
    validation clip's face is within the identity threshold of a training clip's; frame counts
    match the clip spans; the videos table agrees with the clips; ``stats.json`` counts the training
-   split's clips and frames; ``run.json`` is readable.
+   split's clips and frames; ``run.json`` is readable; a run that asked for a validation share got
+   some (on outputs of ``identity.guard_min_videos`` videos or more).
 2. Shard listing (always; reads tar headers only): every shard a kept clip names exists, reads to
    its end-of-archive marker, and lists exactly the members of its kept clips, no more, no less.
 3. Content (``deep=True``; one process per shard): every member's sha256 matches the manifest,
@@ -177,6 +178,7 @@ def check_metadata(output: PipelineOutput) -> list[Problem]:
     problems += check_split_leak(clips, kept)
     problems += check_shard_splits(clips, kept)
     problems += check_identity_leak(output, kept)
+    problems += check_val_share(output, kept)
     problems += check_videos(output.videos, clips, kept)
     problems += check_stats_counts(output.stats, output.stats_error, clips, kept)
     if output.run_error:
@@ -307,6 +309,24 @@ def check_identity_leak(output: PipelineOutput, kept: pd.Series) -> list[Problem
                 f"(same person under {threshold} with {backend})",
                 _str_or_none(clip["shard"]), _str_or_none(clip["key"])))
     return problems
+
+
+def check_val_share(output: PipelineOutput, kept: pd.Series) -> list[Problem]:
+    """No kept clip in validation although the run asked for a share (``split.val_fraction`` in
+    run.json), on an output of at least ``identity.guard_min_videos`` videos (default 200; below,
+    a few groups may all hash to train by chance): typically one identity group holding most
+    videos. Without run.json's config there is nothing to compare with."""
+    config = (output.run or {}).get("config") or {}
+    asked = float((config.get("split") or {}).get("val_fraction") or 0.0)
+    minimum = int((config.get("identity") or {}).get("guard_min_videos", 200))
+    clips = output.clips[kept]
+    videos = clips["video_id"].nunique()
+    if asked <= 0 or videos < minimum or (clips["split"] == "val").any():
+        return []
+    sizes = split_groups(clips).groupby(clips["video_id"]).first().value_counts()
+    return [Problem("val_share", f"no kept clip is in validation although split.val_fraction is {asked:g}: "
+                                 f"{videos} videos in {len(sizes)} split groups, the largest "
+                                 f"({sizes.index[0]}) holding {100 * sizes.iloc[0] / videos:.1f}% of them")]
 
 
 def _embedding_rows(embeddings: pa.ListArray, rows: np.ndarray) -> np.ndarray:

@@ -201,6 +201,14 @@ def audit_section(result: AuditResult | None) -> str:
             f"{html.escape(counts)})</p>" + table_html([p.as_dict() for p in result.problems[:500]]))
 
 
+def groups_section(groups: dict[str, Any]) -> str:
+    """The split groups: how many videos each holds, and the largest ones."""
+    sizes = [{"videos per group": k, "groups": v} for k, v in groups["sizes"].items()]
+    return (f"<h3>Split groups</h3><p>{groups['videos']} videos in {groups['groups']} groups; the largest "
+            f"holds {100 * groups['largest_group_share']:.1f}% of the videos.</p>"
+            + table_html(sizes) + table_html(groups["largest"]))
+
+
 def render_report(output: PipelineOutput, summary: dict[str, Any], result: AuditResult | None = None) -> str:
     t = summary["totals"]
     clips = output.clips
@@ -218,6 +226,7 @@ def render_report(output: PipelineOutput, summary: dict[str, Any], result: Audit
         "<h2>Kept data</h2>", "<h3>By dataset</h3>", table_html(summary["kept_by_dataset"]),
         "<h3>By language</h3>", table_html(summary["kept_by_language"]),
         "<h3>By split</h3>", table_html(summary["kept_by_split"]),
+        groups_section(summary["split_groups"]),
         "<div class='plots'>", balance_plot(summary), funnel_plot(summary), "</div>",
         "<h2>Rejections</h2>", table_html(summary["rejections"]),
         "<h3>Failed videos</h3>", table_html(summary["failed_videos"]),

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from manifests.checks import PipelineOutput
+from manifests.checks import PipelineOutput, split_groups
 from shards import storage
 from manifests.rethreshold import Bounds, thresholds_in_force
 from manifests.schema import SCORE_COLUMNS
+from shards.split import size_buckets
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 
@@ -81,6 +82,25 @@ def retryable(output: PipelineOutput) -> dict[str, Any]:
             "chunks_not_done": list((output.run or {}).get("incomplete", {}).get("chunks", []))}
 
 
+def group_distribution(clips: pd.DataFrame, top: int = 5) -> dict[str, Any]:
+    """Videos per split group (speaker, face identity or video): how many groups, the largest
+    ones with their share of the videos and their split, and sizes bucketed by powers of two."""
+    if clips.empty:
+        return {"videos": 0, "groups": 0, "largest_group_share": 0.0, "sizes": {}, "largest": []}
+    frame = pd.DataFrame({"video": clips["video_id"].astype(str), "group": split_groups(clips),
+                          "split": clips["split"].astype("string").fillna("(none)")})
+    per_video = frame.drop_duplicates("video")
+    sizes = per_video.groupby("group").size().sort_values(ascending=False, kind="stable")
+    split_of = per_video.groupby("group")["split"].first()
+    videos = len(per_video)
+    return {
+        "videos": videos, "groups": len(sizes), "largest_group_share": float(sizes.iloc[0] / videos),
+        "sizes": size_buckets(sizes.to_numpy()),
+        "largest": [{"group": group, "videos": int(n), "share": float(n / videos), "split": split_of[group]}
+                    for group, n in sizes.head(top).items()],
+    }
+
+
 def summarise(output: PipelineOutput) -> dict[str, Any]:
     clips, videos = output.clips, output.videos
     kept = kept_mask(clips).to_numpy()
@@ -134,6 +154,7 @@ def summarise(output: PipelineOutput) -> dict[str, Any]:
         "kept_by_language": kept_by(["language"]),
         "kept_by_split": kept_by(["split"]),
         "kept_by_dataset_split": kept_by(["dataset", "split"]),
+        "split_groups": group_distribution(clips),
         "rejections": _records(rejections),
         "funnel": funnel,
         "failed_videos": _records(failed_by.groupby(["stage", "error"]).size().rename("videos").reset_index()),
@@ -169,6 +190,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                        ("Failed videos", "failed_videos")):
         lines += ["", f"{title}:", _table(summary[key])]
     lines += ["", "Funnel:", _table(summary["funnel"])]
+    groups = summary["split_groups"]
+    lines += ["", (f"Split groups: {groups['videos']} videos in {groups['groups']} groups, the largest holding "
+                   f"{100 * groups['largest_group_share']:.1f}%; videos per group: "
+                   + (", ".join(f"{k}: {v}" for k, v in groups["sizes"].items()) or "-")),
+              _table(groups["largest"])]
     waiting = summary.get("retryable") or {}
     if waiting.get("items") or waiting.get("chunks_not_done"):
         kinds = ", ".join(f"{k} {v}" for k, v in waiting["kinds"].items()) or "none recorded"

@@ -26,7 +26,7 @@ import numpy as np
 
 from models.dlib_models import FACE_DESCRIPTOR, SHAPE_5, packaged_model
 from models.face_landmarks import DlibLandmarks, check_box
-from shards.identity import IDENTITY_THRESHOLDS
+from shards.identity import GROUP_THRESHOLDS, IDENTITY_THRESHOLDS
 
 # ArcFace's five reference points in its 112x112 input: eye centres, nose tip, mouth corners
 # (image left first), as InsightFace's face_align defines them.
@@ -165,8 +165,8 @@ def make_embedder(backend: str | None, weights: str | Path | None = None,
 
 
 def identity_threshold(backend: str, threshold: float | None = None) -> float:
-    """The distance under which ``backend``'s embeddings are one person: ``threshold`` when given,
-    else the backend's own."""
+    """The grouping threshold of ``backend`` (``shards.identity.assign_groups``): ``threshold``
+    when given, else the backend's default in ``GROUP_THRESHOLDS``."""
     if threshold is not None:
         return float(threshold)
-    return IDENTITY_THRESHOLDS[BACKEND_MODELS[backend]]
+    return GROUP_THRESHOLDS[BACKEND_MODELS[backend]]

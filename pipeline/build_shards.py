@@ -45,17 +45,19 @@ from pipeline.incomplete import (EXIT_INCOMPLETE, ErrorBudgetExceeded, Retryable
 from configs import load_config, save_config, to_dict  # noqa: E402
 from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, RayAddressError,  # noqa: E402
                                  address_from_environment, join_cluster, start_local)
+from pipeline.identity_guard import GroupShareError  # noqa: E402
 from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from manifests import thresholds  # noqa: E402
 from pipeline import demo  # noqa: E402
 from pipeline.media import media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
-from pipeline.plan import Chunk, plan_chunks  # noqa: E402
+from pipeline.plan import Chunk, Plan, make_plan  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.sizing import NodeCapacity, PoolSizes, SizingError, cluster_pool_sizes  # noqa: E402
 from pipeline.spill import ClipSpill  # noqa: E402
 from pipeline.stats import merged_stats  # noqa: E402
+from shards.split import group_sizes  # noqa: E402
 from shards.stats import STATS_FILE  # noqa: E402
 from models.weights import MissingWeightsError, require, warn_random  # noqa: E402
 
@@ -268,11 +270,12 @@ def ungrouped_chunks(chunks: list[Chunk], identities: dict[str, str], enabled: b
 
 def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                    workers: tuple[type, type] | None = None,
-                   done_hashes: dict[str, str] | None = None) -> dict[str, Any]:
+                   done_hashes: dict[str, str] | None = None, plan: Plan | None = None) -> dict[str, Any]:
     """Run the pending chunks on Ray; returns the cluster's description and this run's timings
     (and ``stopped``, the reason, when the error budget stopped it). The weights the workers
     loaded are checked against the output's fingerprint before the first chunk is written
-    (``done_hashes``: those an older output's done chunks recorded)."""
+    (``done_hashes``: those an older output's done chunks recorded). ``plan``'s new file is
+    written once the identity pass has passed its guard, before any chunk."""
     import ray
 
     from pipeline.scheduler import Scheduler
@@ -294,6 +297,8 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
             # the model workers load.
             identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
                                          embed_on_workers(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
+            if plan is not None:
+                plan.write(out)
             cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions, sizes)
         except BaseException:
             for actor in model_actors + cpu_actors:
@@ -423,6 +428,7 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
         },
         "cluster": this_run.get("cluster"),
         "driver": driver_usage(),
+        "split": split_figures(cfg, clips),
     }
     not_done = [c.index for c in chunks if c.index not in done]
     if not_done:
@@ -433,6 +439,19 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
                              "summary": summary_line(records, len(not_done), rerun_command(this_run.get("argv")))}
     out.write_bytes(RUN_FILE, json.dumps(run, indent=1).encode())
     return run
+
+
+def split_figures(cfg: DictConfig, clips) -> dict[str, Any]:
+    """How the split came out: the asked validation share, the share of kept clips and of videos
+    it reached, and the split groups over the videos (count, the largest one's share, sizes)."""
+    kept = clips.filter(clips.column("kept"))
+    group_of = dict(zip(clips.column("video_id").to_pylist(), clips.column("split_group").to_pylist()))
+    groups = group_sizes({v: g for v, g in group_of.items() if g}, float(cfg.split.val_fraction))
+    val_clips = kept.column("split").to_pylist().count("val")
+    return {"val_fraction": float(cfg.split.val_fraction),
+            "val_share_clips": val_clips / kept.num_rows if kept.num_rows else 0.0,
+            "val_share_videos": groups.pop("val_share"),
+            "videos": groups.pop("members"), **groups}
 
 
 def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:
@@ -486,7 +505,8 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
         videos = list_inputs(spec)
         # Before anything is written: a changed setting would mix two datasets in one output.
         fingerprint.check_settings(out, to_dict(cfg), stored_config(out))
-        chunks = plan_chunks(out, videos, int(cfg.work.videos_per_chunk))
+        plan = make_plan(out, videos, int(cfg.work.videos_per_chunk))
+        chunks = plan.chunks
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
         planning_s = time.monotonic() - start
         if not pending and up_to_date(out, chunks):
@@ -495,7 +515,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
         record_config(out, cfg)  # a run that writes something keeps its config
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
-        this_run = process_chunks(cfg, out, pending, workers, done_weight_hashes(out, chunks)) if pending else {}
+        this_run = process_chunks(cfg, out, pending, workers, done_weight_hashes(out, chunks), plan) if pending else {}
         this_run["argv"] = getattr(args, "argv", None)
         this_run["planning_s"] = planning_s
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
@@ -522,7 +542,7 @@ def main(argv: Sequence[str] | None = None, workers: tuple[type, type] | None = 
                       "filters.quality.metric=piqe filters.quality.threshold=60 (--random-weights builds "
                       "Q-Align's architecture with random weights: speed runs only)")
         return 2
-    except (SizingError, RayAddressError, PlacementError, fingerprint.FingerprintError) as exc:
+    except (SizingError, RayAddressError, PlacementError, fingerprint.FingerprintError, GroupShareError) as exc:
         log.error("%s", exc)
         return 2
     if result and result.get("incomplete"):

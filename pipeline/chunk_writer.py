@@ -45,8 +45,10 @@ def clear_chunk_shards(out: OutputDir, chunk: int) -> None:
 
 
 def sample_meta(clip: Clip, split: str, meta: RunMeta) -> dict[str, Any]:
+    """A sample's JSON. Not its source: a shard does not depend on where the input folder was
+    (the manifests record the source of every clip id)."""
     return {
-        "clip_id": clip.clip_id, "video_id": clip.video_id, "source": clip.source,
+        "clip_id": clip.clip_id, "video_id": clip.video_id,
         "start_s": clip.start_s, "end_s": clip.end_s, "fps": FPS,
         "dataset": clip.dataset, "language": clip.language, "speaker": clip.speaker,
         "split": split, "chunk": clip.chunk, "scores": dict(sorted(clip.scores.items())),

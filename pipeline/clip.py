@@ -80,7 +80,7 @@ class Clip:
     def clip_id(self) -> str:
         if self.start_s is None or self.end_s is None:
             raise ValueError("a whole-video record has no clip id")
-        return span_id(self.source, self.start_s, self.end_s)
+        return span_id(self.video_id, self.start_s, self.end_s)
 
     @property
     def duration_s(self) -> float:

@@ -14,6 +14,10 @@ A video with a ``speaker`` is embedded too: unlabelled videos of the same face j
 group. A video that cannot be read, or shows no face, keeps its own group (``video:<id>``). A video
 whose embedding failed for infrastructure reasons (a worker that died twice, a read that timed
 out: ``pipeline.faults``) is not stored and gets no group: its chunk waits for the next run.
+
+Before anything is stored, ``pipeline.identity_guard`` logs the group size distribution and stops
+the run (``GroupShareError``, nothing written) when one face group holds more than
+``identity.max_group_share`` of at least ``identity.guard_min_videos`` videos.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from models.face_detectors import make_detector
 from models.face_identity import BACKEND_MODELS, FaceEmbedder, identity_threshold
 from pipeline.decode import iter_video_chunks
 from pipeline.faults import transient_kind
-from pipeline.inputs import InputVideo, video_id
+from pipeline.identity_guard import check_group_share
+from pipeline.inputs import InputVideo
 from pipeline.outdir import OutputDir
 from pipeline.probe import probe
 from pipeline.stages.faces import embedder_for, working_size
@@ -176,7 +181,7 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
         return {}
     stored = read_identities(out)
     groups = {row["video_id"]: row["group"] for row in stored}
-    new = sorted({video_id(v.source): v for v in videos if video_id(v.source) not in groups}.items())
+    new = sorted({v.video_id: v for v in videos if v.video_id not in groups}.items())
     if not new:
         return groups
     log.info("identity pass: embedding faces of %d new videos", len(new))
@@ -190,21 +195,20 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
     labelled = {vid: (split_group(v.speaker, vid), emb) for (vid, v), (emb, _) in zip(new, results) if v.speaker}
     unlabelled = {vid: emb for (vid, v), (emb, _) in zip(new, results) if not v.speaker}
     assigned = assign_groups(unlabelled, {**known, **labelled}, threshold)
-    rows = []
+    grouped, retry = dict(groups), set()
     for (vid, v), (emb, error) in zip(new, results):
         if error and error.startswith(RETRYABLE):
             log.warning("identity pass: %s not grouped (%s); its chunk waits for the next run", v.source, error)
+            retry.add(vid)
             continue
-        group = labelled[vid][0] if v.speaker else assigned[vid]
-        if not v.speaker and not len(emb):
-            group = split_group(None, vid)
-        rows.append({"video_id": vid, "source": v.source, "group": group, "backend": backend,
-                     "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [],
-                     "error": error})
-        groups[vid] = group
+        grouped[vid] = labelled[vid][0] if v.speaker else assigned[vid] if len(emb) else split_group(None, vid)
+    check_group_share(cfg, grouped)  # before anything is written
+    rows = [{"video_id": vid, "source": v.source, "group": grouped[vid], "backend": backend,
+             "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [], "error": error}
+            for (vid, v), (emb, error) in zip(new, results) if vid not in retry]
     if not rows:
-        return groups
+        return grouped
     number = len([n for n in out.list(IDENTITY_DIR) if n.endswith(".parquet")])
     out.write_parquet(identity_name(number), pa.Table.from_pylist(rows, schema=IDENTITY_SCHEMA))
-    return groups
+    return grouped
 

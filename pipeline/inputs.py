@@ -11,19 +11,25 @@ An input spec is one of:
 Relative paths inside a list resolve against the folder holding the list, so a list travels
 with its videos. Every filesystem goes through ``pyarrow.fs``, so anything it can open works.
 
-Ids are pure functions of the source, so re-runs and resumes agree on them:
-``video_id`` is a uuid5 of the normalised source URI, ``clip_id`` a uuid5 of the video id and
-the span in whole milliseconds.
+A video's id does not depend on where the input lives: ``content_id`` is a uuid5 of the file's
+size and a sha256 of its first and last 256 KiB, so moving ``/data`` to ``/mnt/data`` or to
+``s3://`` names the same videos. The plan
+(``pipeline.plan``) records each video's id with its source; a re-run takes the recorded id of a
+source it has seen, so only new files are read to be identified, and outputs written when ids
+were ``video_id`` (a uuid5 of the normalised source URI, still used for records that were never
+planned) keep their ids. ``clip_id`` is a uuid5 of the video id and the span in whole milliseconds.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from urllib.parse import unquote
@@ -58,10 +64,12 @@ class InputVideo:
     dataset: str | None = None
     language: str | None = None
     speaker: str | None = None
+    id: str | None = None  # set by the plan (``identify``)
 
     @property
     def video_id(self) -> str:
-        return video_id(self.source)
+        """The id the plan gave this video; a video never planned has its source's ``video_id``."""
+        return self.id or video_id(self.source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +102,52 @@ def normalise_uri(source: str) -> str:
 
 
 def video_id(source: str) -> str:
-    """uuid5 (URL namespace) of the normalised source URI."""
+    """uuid5 (URL namespace) of the normalised source URI: where the video is, not what it is."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, normalise_uri(source)))
+
+
+FINGERPRINT_BYTES = 256 * 1024  # read from each end of a file to identify it
+IDENTIFY_THREADS = 16  # files read at once (object stores answer slowly, in parallel)
+
+
+def content_id(source: str) -> str:
+    """uuid5 of ``"content:<size>:<sha256 of the first and last 256 KiB>"``: the same bytes give
+    the same id wherever they are. Raises ``InputError`` when the file cannot be read."""
+    fs, path = filesystem_for(source)
+    try:
+        size = fs.get_file_info(path).size
+        digest = hashlib.sha256()
+        with fs.open_input_file(path) as f:
+            digest.update(f.read(min(size, FINGERPRINT_BYTES)))
+            if size > FINGERPRINT_BYTES:
+                f.seek(max(size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+                digest.update(f.read())
+    except (OSError, pa.ArrowException, TypeError) as exc:
+        raise InputError(f"cannot read input video {source}: {exc}") from exc
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"content:{size}:{digest.hexdigest()}"))
+
+
+def identify(videos: list[InputVideo], recorded: dict[str, str] | None = None) -> list[InputVideo]:
+    """``videos`` with their ids: the id ``recorded`` for their normalised source (a plan's), else
+    their ``content_id``. Files of identical content stay separate videos, as listed: the first
+    (by normalised source) takes the content id, the others ``uuid5("<content id>:copy:<n>")``,
+    so a moved folder gives its copies the same ids again."""
+    recorded = recorded or {}
+    unknown = sorted({normalise_uri(v.source): v.source for v in videos
+                      if normalise_uri(v.source) not in recorded}.items())
+    with ThreadPoolExecutor(IDENTIFY_THREADS) as pool:
+        found = list(pool.map(content_id, [source for _, source in unknown]))
+    listed = {normalise_uri(v.source) for v in videos}
+    taken = {vid for uri, vid in recorded.items() if uri in listed}  # a moved file takes its id back
+    ids = dict(recorded)
+    for (uri, _), vid in zip(unknown, found):
+        candidate, n = vid, 0
+        while candidate in taken:
+            n += 1
+            candidate = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{vid}:copy:{n}"))
+        taken.add(candidate)
+        ids[uri] = candidate
+    return [replace(video, id=ids[normalise_uri(video.source)]) for video in videos]
 
 
 def span_ms(seconds: float) -> int:
@@ -107,9 +159,10 @@ def span_ms(seconds: float) -> int:
     return int((Decimal(repr(float(seconds))) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def clip_id(source: str, start_s: float, end_s: float) -> str:
-    """uuid5 of ``"{video_id}:{start_ms}:{end_ms}"``: spans equal to the millisecond share an id."""
-    key = f"{video_id(source)}:{span_ms(start_s)}:{span_ms(end_s)}"
+def clip_id(video: str, start_s: float, end_s: float) -> str:
+    """uuid5 of ``"{video}:{start_ms}:{end_ms}"``, ``video`` being the video's id: spans equal to
+    the millisecond share an id."""
+    key = f"{video}:{span_ms(start_s)}:{span_ms(end_s)}"
     return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
 
 

@@ -7,7 +7,8 @@ A shard is a plain tar file. Each sample's members share the key (the clip id) a
                         bin logits, ``t`` (T, 3), ``scale`` (T, 1).
   ``<key>.audio_feat.npy``  audio-encoder features aligned to the video frames, float16 (T, D).
   ``<key>.audio.flac``  the clip's audio, 16 kHz mono int16, lossless.
-  ``<key>.json``        metadata (source, span, fps, scores, model ids, split, checksums...).
+  ``<key>.json``        metadata (clip and video ids, span, fps, scores, model ids, split...;
+                        not the source path, which the manifests hold).
 
 Raw outputs are stored rather than a derived vector so that a change of training representation
 never needs the models to run again. ``FORMAT_VERSION`` is bumped on any incompatible change.

@@ -1,54 +1,118 @@
 """Identity groups: videos whose faces are one person share a split group, without speaker labels.
 
-Every video carries a few face embeddings (one per sampled frame). Two videos are linked when any
-of their embeddings are closer than the identity threshold (Euclidean; 0.6 for dlib's descriptor,
-1.1 for ArcFace), and a group is a connected component of that graph: over-merging (a chain of
-look-alikes) only makes the split coarser, while a missed link would put one person in both splits.
+Every video carries a few face embeddings (one per sampled frame), pooled into one: their mean,
+scaled back to unit length for backends whose embeddings are unit length. Groups are then built
+bottom-up by average linkage: two groups merge when the root mean square of the distances
+between all their members (every pair, not just the closest) is under the grouping threshold,
+closest first. Single linkage (a group is a chain of close pairs) does not survive many people:
+with thousands of videos, some pair of look-alikes is always close, and one chain swallows nearly
+every video. Average linkage needs the two groups to be close as wholes: one look-alike pair
+among many far pairs does not merge them, and a merged group does not keep growing by its edges.
+
+The mean squared distance between all pairs of two groups is ``|mean_a - mean_b|^2 + s_a + s_b``
+(``s`` a group's mean squared distance to its own mean), so it comes from each group's size,
+sum and sum of squared norms, without visiting the pairs. Which groups to compare comes from a
+nearest-neighbour index (``shards.neighbours``): each video's ``NEIGHBOURS`` nearest videos
+closer than the threshold propose a merge of their groups, and a merged group inherits both
+groups' proposals. A video still alone at the end follows its nearest video within the threshold
+(a person's hardest video is often nearest to one of their others while too far from the group).
 
 Groups are assigned once and kept: a grown input never moves a video that already has a group.
-New videos are linked among themselves; a component of new videos that reaches a video with a
-group (an earlier video, or one with a ``speaker``) joins the group of the closest such embedding,
-else it becomes ``face:<smallest video id in it>``. When a new component reaches two earlier
-groups it joins one; the audit's identity check reports what that leaves in both splits.
+Known videos (assigned earlier, or with a ``speaker``) form their groups as given; two known groups
+never merge, and a group of new videos joins at most one known group (it then takes that
+group's name), else it becomes ``face:<smallest video id in it>``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import heapq
+from collections.abc import Mapping
 
 import numpy as np
 
-# Same person below this distance, per embedding model (the name each clip records).
-# dlib's own threshold for its descriptor; DeepFace's for buffalo_l's ArcFace (unit-length embeddings).
+from shards.neighbours import knn
+
+# Same person below this distance between two frames, per embedding model (the name each clip
+# records), as the audit's leak check compares clips: dlib's own threshold for its descriptor;
+# DeepFace's for buffalo_l's ArcFace (unit-length embeddings).
 IDENTITY_THRESHOLDS = {"dlib_resnet128": 0.6, "insightface_w600k_r50": 1.1}
-BLOCK = 2048  # rows of a distance block (2048 x 2048 float32 = 16 MB)
+# Default grouping thresholds (root mean square distance between two groups' pooled embeddings),
+# chosen with bench/identity.py on worlds calibrated to each model's published figures
+# (docs/identity.md): pooled embeddings of one person lie closer than single frames, and for
+# ArcFace different people stay far enough apart to allow 1.3 (cosine 0.155).
+GROUP_THRESHOLDS = {"dlib_resnet128": 0.6, "insightface_w600k_r50": 1.3}
+NEIGHBOURS = 10  # merges proposed per video: a person's other videos, plus room for look-alikes
+ATTACH = 1.0  # a video left alone follows its nearest video within 1.0 x the threshold
+BLOCK = 2048  # rows of a distance block in ``nearest`` (2048 x 2048 float32 = 16 MB)
 
 
 def identity_group(video_id: str) -> str:
     return f"face:{video_id}"
 
 
-def squared_distances(block: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
-    """(len(block), len(b)) squared Euclidean distances, ``b_sq`` being b's squared row norms
-    (computed once for all blocks); may dip just below 0 from rounding."""
-    return (block * block).sum(axis=1)[:, None] + b_sq[None, :] - 2.0 * block @ b.T
+def pooled(embeddings: list[np.ndarray], batch: int = 8192) -> np.ndarray:
+    """One embedding per video from each one's (K, D) frame embeddings (K > 0): their mean, at unit
+    length when every frame embedding of the video is (ArcFace). Videos with equal K are pooled
+    ``batch`` at a time: a few array operations, and no float32 copy of every frame at once."""
+    if not embeddings:
+        return np.zeros((0, 1), np.float32)
+    dim = int(np.asarray(embeddings[0]).reshape(len(embeddings[0]), -1).shape[1])
+    out = np.empty((len(embeddings), dim), np.float32)
+    by_count: dict[int, list[int]] = {}
+    for i, frames in enumerate(embeddings):
+        by_count.setdefault(len(frames), []).append(i)
+    for count, indices in by_count.items():
+        for start in range(0, len(indices), batch):
+            rows = indices[start:start + batch]
+            frames = np.stack([np.asarray(embeddings[i], np.float32).reshape(count, dim) for i in rows])
+            mean = frames.mean(axis=1)
+            unit = np.abs(np.linalg.norm(frames, axis=2) - 1.0).max(axis=1) < 1e-3
+            norms = np.linalg.norm(mean, axis=1, keepdims=True)
+            out[rows] = np.where(unit[:, None] & (norms > 0), mean / np.maximum(norms, 1e-12), mean)
+    return out
 
 
-def close_pairs(a: np.ndarray, b: np.ndarray, threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(rows of ``a``, rows of ``b``, distances) of every pair closer than ``threshold``, block by block."""
-    if len(a) == 0 or len(b) == 0:
-        return
-    a = np.asarray(a, np.float32).reshape(len(a), -1)
-    b = np.asarray(b, np.float32).reshape(len(b), -1)
-    b_sq = (b * b).sum(axis=1)
-    for start in range(0, len(a), BLOCK):
-        block = a[start:start + BLOCK]
-        sq = squared_distances(block, b, b_sq)
-        dist = np.sqrt(np.clip(sq, 0.0, None))
-        rows, cols = np.nonzero(dist < threshold)
-        yield rows + start, cols, dist[rows, cols]
+class _Groups:
+    """Groups as (size, mean, spread): spread is the mean squared distance of the members to the
+    mean, so the mean squared distance over all pairs of two groups is ``|mean_a - mean_b|^2 +
+    spread_a + spread_b``. Merging keeps the exact values; no member is visited again."""
+
+    def __init__(self, means: np.ndarray, size: np.ndarray, spread: np.ndarray):
+        self.means, self.size, self.spread = means, size, spread
+        self.parent = np.arange(len(means))
+        self.version = np.zeros(len(means), np.int64)
+        self.links: list[set[int]] = [set() for _ in range(len(means))]
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = int(self.parent[root])
+        while self.parent[i] != root:
+            self.parent[i], i = root, int(self.parent[i])
+        return root
+
+    def msd(self, a: int, others: np.ndarray) -> np.ndarray:
+        """Mean squared distance over all member pairs of group ``a`` and each of ``others``."""
+        gap = self.means[others] - self.means[a]
+        return np.einsum("ij,ij->i", gap, gap) + self.spread[others] + self.spread[a]
+
+    def merge(self, keep: int, gone: int) -> None:
+        n_keep, n_gone = self.size[keep], self.size[gone]
+        total = n_keep + n_gone
+        mean = (n_keep * self.means[keep] + n_gone * self.means[gone]) / total
+        gap_keep, gap_gone = self.means[keep] - mean, self.means[gone] - mean
+        self.spread[keep] = (n_keep * (self.spread[keep] + gap_keep @ gap_keep)
+                             + n_gone * (self.spread[gone] + gap_gone @ gap_gone)) / total
+        self.means[keep], self.size[keep] = mean, total
+        self.parent[gone] = keep
+        self.version[keep] += 1
+        self.version[gone] = -1
+        self.links[keep] |= self.links[gone]
+        self.links[gone] = set()
 
 
 class _UnionFind:
+    """Union by smallest root, so a tree holding a known group (the first nodes) is named by it."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
 
@@ -65,42 +129,115 @@ class _UnionFind:
 
 
 def assign_groups(new: Mapping[str, np.ndarray], known: Mapping[str, tuple[str, np.ndarray]],
-                  threshold: float) -> dict[str, str]:
+                  threshold: float, *, neighbours: int = NEIGHBOURS, attach: float = ATTACH) -> dict[str, str]:
     """Groups of the ``new`` videos (video id -> (K, D) embeddings, K may be 0).
 
     ``known``: video id -> (group, (K, D) embeddings) of videos whose group is fixed (assigned
     earlier, or given by a speaker label). A new video without embeddings is its own group.
+    ``neighbours``: merges each video proposes (its nearest videos closer than ``threshold``);
+    ``attach``: a video left alone joins its nearest video's group within ``attach * threshold``.
     """
     ids = sorted(new)
-    index = {vid: i for i, vid in enumerate(ids)}
-    points, owner = _stack({vid: new[vid] for vid in ids}, index)
-    union = _UnionFind(len(ids))
-    for rows, cols, _ in close_pairs(points, points, threshold):
-        for r, c in zip(rows, cols):
-            union.union(int(owner[r]), int(owner[c]))
+    faced = [vid for vid in ids if len(new[vid])]
+    known_ids = sorted(vid for vid in known if len(known[vid][1]))
+    result = {vid: identity_group(vid) for vid in ids}
+    if not faced:
+        return result
+    known_names = sorted({known[vid][0] for vid in known_ids})
+    n_known, name_index = len(known_names), {name: i for i, name in enumerate(known_names)}
+    # Nodes: the known groups first (fixed), then one per new video with a face.
+    points = pooled([known[vid][1] for vid in known_ids] + [new[vid] for vid in faced])
+    owner = np.concatenate([np.asarray([name_index[known[vid][0]] for vid in known_ids], np.int64),
+                            np.arange(n_known, n_known + len(faced))])
+    distances, rows = knn(points, points[len(known_ids):], neighbours + 1)
 
-    known_ids = sorted(known)
-    known_points, known_owner = _stack({vid: known[vid][1] for vid in known_ids},
-                                       {vid: i for i, vid in enumerate(known_ids)})
-    nearest: dict[int, tuple[float, str]] = {}  # component root -> (distance, group)
-    for rows, cols, dist in close_pairs(points, known_points, threshold):
-        for r, c, d in zip(rows, cols, dist):
-            root = union.find(int(owner[r]))
-            group = known[known_ids[int(known_owner[c])]][0]
-            if root not in nearest or (float(d), group) < nearest[root]:
-                nearest[root] = (float(d), group)
-    # Roots are the smallest index of each component, and ids are sorted: the smallest video id.
-    return {vid: nearest[union.find(i)][1] if union.find(i) in nearest else identity_group(ids[union.find(i)])
-            for i, vid in enumerate(ids)}
+    size = np.bincount(owner, minlength=n_known + len(faced)).astype(np.float64)
+    known_points = points[:len(known_ids)].astype(np.float64)
+    sums = np.zeros((n_known, points.shape[1]))
+    np.add.at(sums, owner[:len(known_ids)], known_points)
+    squares = np.bincount(owner[:len(known_ids)], (known_points ** 2).sum(axis=1), minlength=n_known)
+    known_means = sums / np.maximum(size[:n_known, None], 1)
+    means = np.concatenate([known_means.astype(np.float32), points[len(known_ids):]])
+    spread = np.zeros(len(means))
+    spread[:n_known] = squares / np.maximum(size[:n_known], 1) - (known_means ** 2).sum(axis=1)
+    del points, known_points
+    groups = _Groups(means, size, spread)
+
+    # The proposed pairs, each once, closest first; pairs queued after a merge go to a heap.
+    node = np.repeat(np.arange(n_known, n_known + len(faced)), rows.shape[1])
+    other = owner[np.maximum(rows.reshape(-1), 0)]
+    close = (distances.reshape(-1) < threshold) & (rows.reshape(-1) >= 0) & (other != node)
+    low, high = np.minimum(node, other)[close], np.maximum(node, other)[close]
+    pairs, first = np.unique(low * len(means) + high, return_index=True)
+    order = np.argsort(distances.reshape(-1)[close][first], kind="stable")
+    low, high = (pairs[order] // len(means)).tolist(), (pairs[order] % len(means)).tolist()
+    squared = (distances.reshape(-1)[close][first][order].astype(np.float64) ** 2).tolist()
+    for a, b in zip(low, high):
+        groups.links[a].add(b)
+        groups.links[b].add(a)
+
+    # Each group keeps one entry in the heap: its closest linked group. Merges only raise the
+    # linkage to a merged group (it is a weighted mean of the two), so an entry that went stale
+    # (its other group merged since) is recomputed when it comes up, never missed.
+    limit = threshold * threshold
+    heap: list[tuple[float, int, int, int, int]] = []
+
+    def queue_closest(a: int) -> None:
+        others = np.fromiter({groups.find(o) for o in groups.links[a]} - {a}, np.int64)
+        if a < n_known:
+            others = others[others >= n_known]
+        msd = groups.msd(a, others)
+        keep = msd < limit  # farther groups never come back: a merge averages linkages
+        groups.links[a] = set(others[keep].tolist())
+        if keep.any():
+            best = int(np.argmin(np.where(keep, msd, np.inf)))
+            x, y = sorted((a, int(others[best])))
+            heapq.heappush(heap, (float(msd[best]), x, y, int(groups.version[x]), int(groups.version[y])))
+
+    i = 0
+    while i < len(squared) or heap:
+        if heap and (i == len(squared) or heap[0][0] < squared[i]):
+            _, a, b, version_a, version_b = heapq.heappop(heap)
+        else:
+            a, b, version_a, version_b = low[i], high[i], 0, 0
+            i += 1
+        if groups.version[a] != version_a or groups.version[b] != version_b:
+            for x, version in ((a, version_a), (b, version_b)):
+                if groups.version[x] == version:  # x did not change, its partner did
+                    queue_closest(x)
+            continue
+        groups.merge(a, b)  # a < b: a known group keeps its node (known nodes come first)
+        queue_closest(a)
+
+    # A video left alone follows its nearest video when that is within ``attach`` x the threshold,
+    # to its group (or to where that video goes, if it is alone too): a person's hardest video
+    # (dark, blurred, turned away) can be farther from their other videos than the group linkage
+    # allows, yet nearest to one of them. Each lone video follows one pointer and groups follow
+    # none, so the pointers form trees that each end at one group (or at two lone videos nearest
+    # to each other): no group grows by more than the lone videos nearest to it.
+    roots = np.asarray([groups.find(n_known + q) for q in range(len(faced))], np.int64)
+    alone = np.flatnonzero(groups.size[roots] == 1)
+    first = np.argmax(owner[np.maximum(rows[alone], 0)] != (n_known + alone)[:, None], axis=1)
+    hit = rows[alone, first]
+    near = (hit >= 0) & (distances[alone, first] < attach * threshold)
+    follow = _UnionFind(len(means))
+    for q, h in zip(alone[near].tolist(), hit[near].tolist()):
+        follow.union(int(roots[q]), groups.find(int(owner[h])))
+    roots = np.asarray([follow.find(int(r)) for r in roots], np.int64)
+
+    members: dict[int, list[str]] = {}
+    for q, vid in enumerate(faced):
+        members.setdefault(int(roots[q]), []).append(vid)
+    for root, vids in members.items():
+        name = known_names[root] if root < n_known else identity_group(min(vids))
+        result.update({vid: name for vid in vids})
+    return result
 
 
-def _stack(embeddings: Mapping[str, np.ndarray], index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """All embeddings as one (P, D) array and the index of the video each row belongs to."""
-    arrays = [np.asarray(e, np.float32).reshape(len(e), -1) for e in embeddings.values() if len(e)]
-    owners = [np.full(len(e), index[vid]) for vid, e in embeddings.items() if len(e)]
-    if not arrays:
-        return np.zeros((0, 1), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(arrays), np.concatenate(owners)
+def squared_distances(block: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    """(len(block), len(b)) squared Euclidean distances, ``b_sq`` being b's squared row norms
+    (computed once for all blocks); may dip just below 0 from rounding."""
+    return (block * block).sum(axis=1)[:, None] + b_sq[None, :] - 2.0 * block @ b.T
 
 
 def nearest(queries: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

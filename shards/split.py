@@ -8,6 +8,9 @@ side, in every run and every resume, whatever else is in the input.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 TRAIN, VAL = "train", "val"
 SPLITS = (TRAIN, VAL)
@@ -30,3 +33,30 @@ def assign_split(group: str, val_fraction: float) -> str:
 
 def split_of(speaker: str | None, video_id: str, val_fraction: float, identity: str | None = None) -> str:
     return assign_split(split_group(speaker, video_id, identity), val_fraction)
+
+
+def size_buckets(sizes: Iterable[int]) -> dict[str, int]:
+    """How many groups hold 1, 2-3, 4-7, 8-15, ... members (powers of two), smallest first."""
+    counts: dict[int, int] = {}
+    for size in sizes:
+        low = 1 << (int(size).bit_length() - 1)
+        counts[low] = counts.get(low, 0) + 1
+    return {(f"{low}" if low == 1 else f"{low}-{2 * low - 1}"): n for low, n in sorted(counts.items())}
+
+
+def group_sizes(group_of: Mapping[str, str], val_fraction: float | None = None) -> dict[str, Any]:
+    """The distribution of split groups over members (video id -> group): how many groups, the
+    largest group's share, and sizes bucketed by powers of two; with ``val_fraction``, the share
+    of members the split sends to validation."""
+    sizes = Counter(group_of.values())
+    members = sum(sizes.values())
+    largest, largest_size = max(sizes.items(), key=lambda kv: (kv[1], kv[0])) if sizes else (None, 0)
+    summary: dict[str, Any] = {
+        "members": members, "groups": len(sizes), "largest_group": largest,
+        "largest_group_share": largest_size / members if members else 0.0,
+        "sizes": size_buckets(sizes.values()),
+    }
+    if val_fraction is not None:
+        val = sum(n for group, n in sizes.items() if assign_split(group, val_fraction) == VAL)
+        summary["val_share"] = val / members if members else 0.0
+    return summary

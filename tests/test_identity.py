@@ -2,6 +2,7 @@
 real videos (pipeline.identity) and the audit's identity check."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -13,7 +14,7 @@ from pipeline.decode import iter_video_chunks
 from pipeline.identity import identity_groups, read_identities
 from pipeline.inputs import InputVideo, video_id
 from pipeline.outdir import OutputDir
-from shards.identity import assign_groups, close_pairs, identity_group, nearest
+from shards.identity import assign_groups, identity_group, nearest, pooled
 from shards.split import assign_split, split_group
 
 
@@ -25,33 +26,102 @@ def unit(*values: float) -> np.ndarray:
 # Grouping
 
 
-def test_connected_components_under_the_threshold():
-    new = {"a": unit(0, 0), "b": unit(0.5, 0), "c": unit(1.0, 0),   # a-b-c chain (0.5 apart)
-           "d": unit(5, 5), "e": np.zeros((0, 2), np.float32)}      # d alone; e has no face
-    groups = assign_groups(new, {}, threshold=0.6)
-    assert groups["a"] == groups["b"] == groups["c"] == identity_group("a")
-    assert groups["d"] == identity_group("d") and groups["e"] == identity_group("e")
-    # Several embeddings per video: any close pair links the videos.
-    groups = assign_groups({"x": np.asarray([[9, 9], [0, 0.1]], np.float32), "y": unit(0, 0)}, {}, 0.6)
+def test_average_linkage_does_not_chain():
+    # Ten look-alikes in a row, each 0.5 from the next (under 0.6), the ends 4.5 apart: single
+    # linkage made one group of them; here no group spans more than three neighbours.
+    chain = {f"c{i}": unit(0.5 * i, 0) for i in range(10)}
+    groups = assign_groups({**chain, "far": unit(50, 50), "none": np.zeros((0, 2), np.float32)}, {}, 0.6)
+    sizes = Counter(groups[f"c{i}"] for i in range(10))
+    assert max(sizes.values()) <= 3 and len(sizes) >= 4
+    assert groups["far"] == identity_group("far") and groups["none"] == identity_group("none")
+    # Two groups of five, 1.0 apart, with a look-alike pair 0.3 apart between them (one from each):
+    # the close pair does not merge the groups.
+    left = {f"l{i}": unit(0, 0.05 * i) for i in range(5)}
+    right = {f"r{i}": unit(1.0, 0.05 * i) for i in range(5)}
+    left["l4"], right["r4"] = unit(0.35, 0.0), unit(0.65, 0.0)
+    groups = assign_groups({**left, **right}, {}, 0.6)
+    assert len({groups[f"l{i}"] for i in range(4)}) == 1 and len({groups[f"r{i}"] for i in range(4)}) == 1
+    assert groups["l0"] != groups["r0"]  # the look-alikes go to one side or the other
+
+
+def test_a_video_is_pooled_from_its_frames():
+    frames = np.asarray([[0, 0], [0.2, 0], [0.4, 0], [9, 9]], np.float32)  # one stray frame
+    np.testing.assert_allclose(pooled([frames])[0], frames.mean(axis=0))
+    unit_frames = np.asarray([[1, 0], [0, 1]], np.float32)  # unit length: so is the pooled one
+    np.testing.assert_allclose(pooled([unit_frames])[0], [2 ** -0.5, 2 ** -0.5], atol=1e-6)
+    # Two videos of one person: their frames' mean is what is compared.
+    groups = assign_groups({"x": np.asarray([[0.4, 0], [0.6, 0]], np.float32), "y": unit(0, 0)}, {}, 0.6)
     assert groups["x"] == groups["y"]
 
 
 def test_new_videos_join_the_closest_known_group_and_known_groups_stay():
-    known = {"old1": ("face:old1", unit(0, 0)), "old2": ("speaker:bob", unit(0.9, 0))}
+    known = {"old1": ("face:old1", unit(0, 0)), "old2": ("speaker:bob", unit(0.9, 0)),
+             "old3": ("speaker:bob", unit(0.9, 0.1))}
     groups = assign_groups({"n1": unit(0.5, 0), "n2": unit(0.55, 0.1), "n3": unit(10, 0)}, known, 0.6)
-    # n1 is 0.5 from old1 and 0.4 from bob: the closest wins for its whole component (n1-n2).
+    # n1-n2 merge first (0.11 apart); as a group they are 0.38 from bob's videos on average and 0.53
+    # from old1: bob's group it is. Known groups never merge with each other.
     assert groups == {"n1": "speaker:bob", "n2": "speaker:bob", "n3": "face:n3"}
+    # A video between two known groups joins one of them, and the known groups stay apart.
+    assert assign_groups({"m": unit(0.45, 0)}, known, 0.6)["m"] in ("face:old1", "speaker:bob")
 
 
-def test_close_pairs_and_nearest_match_brute_force():
+@pytest.mark.parametrize("exact_up_to", [10_000, 100])
+def test_neighbours_match_brute_force(monkeypatch, exact_up_to):
+    """The exact index, and the inverted-file index used above ``EXACT_UP_TO`` references, find
+    the close pairs all-pairs distances find (clustered points, as faces are)."""
+    from shards import neighbours
+
+    monkeypatch.setattr(neighbours, "EXACT_UP_TO", exact_up_to)
     rng = np.random.default_rng(0)
+    centres = rng.normal(size=(60, 16)).astype(np.float32)
+    points = (centres[rng.integers(0, 60, 3000)] + 0.05 * rng.normal(size=(3000, 16))).astype(np.float32)
+    distances, rows = neighbours.knn(points, points[:200], 4)
+    full = np.linalg.norm(points[:200, None] - points[None], axis=-1)
+    np.testing.assert_allclose(distances, np.sort(full, axis=1)[:, :4], atol=1e-3)
+    np.testing.assert_allclose(np.take_along_axis(full, rows, axis=1), distances, atol=1e-3)
     a, b = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    nearest_distances, nearest_rows = nearest(a, b)
     full = np.linalg.norm(a[:, None] - b[None], axis=-1)
-    found = {(int(i), int(j)) for rows, cols, _ in close_pairs(a, b, 3.0) for i, j in zip(rows, cols)}
-    assert found == {tuple(p) for p in np.argwhere(full < 3.0)}
-    distances, rows = nearest(a, b)
-    np.testing.assert_allclose(distances, full.min(axis=1), atol=1e-4)
-    np.testing.assert_array_equal(rows, full.argmin(axis=1))
+    np.testing.assert_allclose(nearest_distances, full.min(axis=1), atol=1e-4)
+    np.testing.assert_array_equal(nearest_rows, full.argmin(axis=1))
+
+
+@pytest.mark.parametrize("world, threshold", [("dlib", 0.6), ("arcface", 1.3)])
+def test_a_calibrated_world_of_300_people_splits_by_person(world, threshold):
+    """300 people with 1-8 videos of 4 frames, embeddings calibrated to the backend's published
+    verification figures (``bench/identity_world.py``): the largest group stays small, and
+    nobody has videos on both sides of a 10 % split."""
+    from bench.identity import score
+    from bench.identity_world import make_world
+
+    people = make_world(world, 300, seed=3)
+    ids = [f"v{i:05d}" for i in range(len(people.person))]
+    groups = assign_groups(dict(zip(ids, people.frames)), {}, threshold)
+    figures = score(people.person, [groups[i] for i in ids], 0.1)
+    assert figures["largest_group_share"] <= 0.03, figures
+    assert figures["people_in_both_splits"] == 0, figures
+    assert figures["groups"] >= 100, figures  # not one group, nor a few
+
+
+def test_guard_stops_on_one_large_face_group(caplog):
+    from pipeline.identity_guard import GroupShareError, check_group_share
+
+    cfg = {"identity": {"max_group_share": 0.05, "guard_min_videos": 200}}
+    chained = {f"v{i}": "face:v0" if i < 20 else f"face:v{i}" for i in range(300)}  # 6.7 %
+    with caplog.at_level("INFO"):
+        with pytest.raises(GroupShareError) as error:
+            check_group_share(cfg, chained)
+    message = str(error.value)
+    assert "\n" not in message and "6.7%" in message and "identity.max_group_share" in message
+    for remedy in ("insightface", "identity.threshold", "speaker", "identity.backend=none"):
+        assert remedy in message
+    assert "300 videos in 281 groups" in caplog.text
+    # Under the limit, on a small input, or a speaker's own group: the run goes on.
+    assert check_group_share(cfg, {**chained, **{f"v{i}": f"face:v{i}" for i in range(6)}})["groups"] == 286
+    assert check_group_share(cfg, dict(list(chained.items())[:150]))["largest_group_share"] > 0.05
+    speakers = {v: ("speaker:ann" if g == "face:v0" else g) for v, g in chained.items()}
+    assert check_group_share(cfg, speakers)["largest_group"] == "speaker:ann"
+    assert check_group_share({"identity": {**cfg["identity"], "max_group_share": 0.1}}, chained)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,3 +351,46 @@ def test_audit_flags_a_validation_face_close_to_a_training_face(tmp_path):
     (leak,) = audit(face + 0.02)   # 0.23 apart: the same person
     assert leak.key == val["key"] and train["key"] in leak.message and "0.23" in leak.message
     assert audit(face + 0.1) == []  # 1.13 apart: different people
+
+
+def test_audit_fails_when_validation_got_nothing_and_shows_the_groups(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from manifests.checks import check_metadata, load_output
+    from manifests.report import render_report
+    from manifests.schema import CLIPS
+    from manifests.summary import format_summary, summarise
+    from tests.output_fixture import build_output, write_manifest
+
+    root = build_output(tmp_path / "out").root
+
+    def val_share_problems() -> list:
+        return [p for p in check_metadata(load_output(root)) if p.check == "val_share"]
+
+    assert val_share_problems() == []  # run.json names no split.val_fraction
+    run = json.loads((root / "run.json").read_text())
+    run["config"].update(split={"val_fraction": 0.1}, identity={"guard_min_videos": 6})
+    (root / "run.json").write_text(json.dumps(run))
+    assert val_share_problems() == []  # the fixture's validation holds clips
+    path = root / "manifests" / "clips.parquet"
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        row["split"], row["split_group"] = "train", "face:one"  # one group took every video
+    write_manifest(path, rows, CLIPS)
+    (problem,) = val_share_problems()
+    assert "split.val_fraction is 0.1" in problem.message and "6 videos in 1 split groups" in problem.message
+    assert "(face:one) holding 100.0%" in problem.message
+    run["config"]["identity"]["guard_min_videos"] = 7  # below the size where a share means something
+    (root / "run.json").write_text(json.dumps(run))
+    assert val_share_problems() == []
+
+    output = load_output(root)
+    summary = summarise(output)
+    assert summary["split_groups"]["groups"] == 1 and summary["split_groups"]["largest_group_share"] == 1.0
+    assert summary["split_groups"]["sizes"] == {"4-7": 1}
+    assert summary["split_groups"]["largest"] == [{"group": "face:one", "videos": 6, "share": 1.0, "split": "train"}]
+    assert "Split groups: 6 videos in 1 groups, the largest holding 100.0%" in format_summary(summary)
+    html = render_report(output, summary)
+    assert "<h3>Split groups</h3>" in html and "face:one" in html

@@ -1,9 +1,12 @@
 """Input listing from folders and lists, and the deterministic video and clip ids."""
 from __future__ import annotations
 
+import hashlib
+
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -110,9 +113,41 @@ def test_video_id_is_uuid5_of_normalised_uri(tmp_path: Path, monkeypatch) -> Non
 
 
 def test_clip_id_rounds_to_milliseconds() -> None:
-    source = "s3://bucket/talk.mp4"
-    key = f"{video_id(source)}:8200:16250"
-    assert clip_id(source, 8.2, 16.25) == str(uuid.uuid5(uuid.NAMESPACE_URL, key))
-    assert clip_id(source, 8.2001, 16.2504) == clip_id(source, 8.2, 16.25)
-    assert clip_id(source, 8.2, 16.2505) != clip_id(source, 8.2, 16.25)   # rounds half up
-    assert clip_id(source, 8.2, 16.25) != clip_id("s3://bucket/other.mp4", 8.2, 16.25)
+    video = video_id("s3://bucket/talk.mp4")
+    key = f"{video}:8200:16250"
+    assert clip_id(video, 8.2, 16.25) == str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+    assert clip_id(video, 8.2001, 16.2504) == clip_id(video, 8.2, 16.25)
+    assert clip_id(video, 8.2, 16.2505) != clip_id(video, 8.2, 16.25)   # rounds half up
+    assert clip_id(video, 8.2, 16.25) != clip_id(video_id("s3://bucket/other.mp4"), 8.2, 16.25)
+
+
+def test_content_id_follows_the_bytes_not_the_place(tmp_path: Path) -> None:
+    """Moved, a file keeps its id; a change in its first or last 256 KiB, or in its size, gives
+    another; a plan's recorded id wins over the content; copies in one input stay two videos."""
+    from pipeline.inputs import FINGERPRINT_BYTES, content_id, identify
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 3 * FINGERPRINT_BYTES, dtype=np.uint8).tobytes()
+    a, b = tmp_path / "data" / "a.mp4", tmp_path / "mnt" / "deep" / "a.mp4"
+    for path in (a, b):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert content_id(str(a)) == content_id(str(b)) == content_id(a.as_uri())
+    assert content_id(str(a)) != video_id(str(a))
+    for changed in (data[:-1] + b"?", b"?" + data[1:], data + b"!"):
+        (tmp_path / "c.mp4").write_bytes(changed)
+        assert content_id(str(tmp_path / "c.mp4")) != content_id(str(a))
+    small = tmp_path / "small.mp4"
+    small.write_bytes(b"tiny")
+    assert content_id(str(small)) == str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                    f"content:4:{hashlib.sha256(b'tiny').hexdigest()}"))
+    with pytest.raises(InputError, match="cannot read"):
+        content_id(str(tmp_path / "missing.mp4"))
+
+    videos = identify([InputVideo(str(b), dataset="copy"), InputVideo(str(a)), InputVideo(str(small))],
+                      {normalise_uri(str(small)): "recorded-id"})
+    copy = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{content_id(str(a))}:copy:1"))
+    # data/a.mp4 sorts before mnt/deep/a.mp4: it takes the content id, the copy the next one
+    assert [(v.source, v.id) for v in videos] == [(str(b), copy), (str(a), content_id(str(a))),
+                                                  (str(small), "recorded-id")]
+    assert videos[1].video_id == content_id(str(a))

@@ -21,7 +21,7 @@ import pytest
 from gcp_storage_emulator.server import create_server as create_gcs_server
 from moto.server import ThreadedMotoServer
 
-from pipeline.inputs import InputVideo, filesystem_for, list_inputs, video_id
+from pipeline.inputs import InputVideo, content_id, filesystem_for, list_inputs, video_id
 from pipeline.media_kit import make_clip
 from tests.pipeline_kit import TEST_OVERRIDES, manifests, shard_members
 from tests.ray_processes import kill_session_processes
@@ -150,6 +150,7 @@ def test_list_inputs_on_a_remote_folder_and_list(store, clip: Path, s3_server: s
     listed = list_inputs(f"{scheme}://{bucket}/lists/inputs.csv")
     assert listed == [InputVideo(talk, dataset="mine", language="en", speaker="007"), InputVideo(other)]
     assert listed[0].video_id == video_id(talk)
+    assert content_id(talk) == content_id(str(clip))  # moved to an object store: the same video
     assert list_inputs(f"{scheme}://{bucket}/lists/inputs.txt") == [InputVideo(talk)]
 
     if scheme == "s3":  # through AWS_ENDPOINT_URL_S3 alone, and before AWS_ENDPOINT_URL when both are set

@@ -82,7 +82,7 @@ def test_motion_and_audio_features_span_the_clip(built):
                 assert sample["motion"][name].shape == (frames, *shape)
             assert len(sample["audio"]) == frames * SAMPLES_PER_FRAME and sample["sample_rate"] == 16000
             assert np.abs(sample["audio"]).max() > 0
-            assert meta["split"] == row["split"] and meta["source"] == row["source"]
+            assert meta["split"] == row["split"] and meta["video_id"] == row["video_id"] and "source" not in meta
             assert meta["start_s"] == row["start_s"] and meta["fps"] == FPS
             n += 1
     assert n == sum(c["kept"] for c in clips)

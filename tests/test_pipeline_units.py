@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -17,10 +18,10 @@ from manifests.schema import CLIPS, SCHEMA_VERSION
 from pipeline.chunk_writer import write_chunk
 from pipeline.clip import Clip, VideoInfo
 from configs import load_config, to_dict
-from pipeline.inputs import InputVideo, video_id
+from pipeline.inputs import InputVideo, content_id, video_id
 from pipeline.manifest_writer import RunMeta, clip_row, consolidate, video_row, write_parts
 from pipeline.outdir import OutputDir, part_name
-from pipeline.plan import plan_chunks
+from pipeline.plan import PLAN_SCHEMA, plan_chunks
 from shards.pose import degrees_to_logits
 from shards.split import TRAIN, VAL, assign_split, split_of
 from pipeline.stages.cheap_filter import AudioFilterStage, DurationFilterStage
@@ -144,22 +145,62 @@ def test_split_is_by_group_and_deterministic():
     assert assign_split("video:x", 0.0) == TRAIN and assign_split("video:x", 1.0) == VAL
 
 
+def files(folder: Path, names: list[str]) -> list[Path]:
+    """Small files of distinct content (a video's id is its content)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(f"video {name}".encode())
+    return [folder / name for name in names]
+
+
 def test_plan_is_stable_and_grows_with_new_inputs(tmp_path: Path):
     out = OutputDir(tmp_path / "out")
-    videos = [InputVideo(f"/data/v{i}.mp4", speaker=f"s{i % 2}") for i in (3, 1, 2, 0, 4)]
+    data = tmp_path / "data"
+    paths = files(data, [f"v{i}.mp4" for i in (3, 1, 2, 0, 4)])
+    videos = [InputVideo(str(p), speaker=f"s{i % 2}") for i, p in zip((3, 1, 2, 0, 4), paths)]
     chunks = plan_chunks(out, videos, videos_per_chunk=2)
-    assert [[v.source for v in c.videos] for c in chunks] == [
-        ["/data/v0.mp4", "/data/v1.mp4"], ["/data/v2.mp4", "/data/v3.mp4"], ["/data/v4.mp4"]]
+    assert [[Path(v.source).name for v in c.videos] for c in chunks] == [
+        ["v0.mp4", "v1.mp4"], ["v2.mp4", "v3.mp4"], ["v4.mp4"]]
     assert chunks[0].videos[1].speaker == "s1"
+    assert chunks[0].videos[0].video_id == content_id(str(data / "v0.mp4"))
     plan_file = tmp_path / "out" / "plan" / "plan-0000.parquet"
     mtime = plan_file.stat().st_mtime_ns
     assert plan_chunks(out, list(reversed(videos)), videos_per_chunk=2) == chunks
     assert plan_file.stat().st_mtime_ns == mtime  # nothing new: nothing written
 
-    grown = plan_chunks(out, videos + [InputVideo("/data/a_new.mp4")], videos_per_chunk=2)
+    (new,) = files(data, ["a_new.mp4"])
+    grown = plan_chunks(out, videos + [InputVideo(str(new))], videos_per_chunk=2)
     assert grown[:3] == chunks
-    assert grown[3].index == 3 and [v.source for v in grown[3].videos] == ["/data/a_new.mp4"]
+    assert grown[3].index == 3 and [v.source for v in grown[3].videos] == [str(new)]
     assert (tmp_path / "out" / "plan" / "plan-0001.parquet").is_file()
+
+
+def test_moved_input_keeps_its_plan_and_is_read_where_it_is_now(tmp_path: Path):
+    out = OutputDir(tmp_path / "out")
+    old = files(tmp_path / "data", ["a.mp4", "b.mp4"])
+    chunks = plan_chunks(out, [InputVideo(str(p)) for p in old], videos_per_chunk=1)
+    moved = tmp_path / "mnt" / "data"
+    moved.parent.mkdir()
+    (tmp_path / "data").rename(moved)
+    again = plan_chunks(out, [InputVideo(str(moved / "b.mp4")), InputVideo(str(moved / "a.mp4"))], 1)
+    assert len(list((tmp_path / "out" / "plan").iterdir())) == 1  # nothing planned again
+    assert [[(v.video_id, v.source) for v in c.videos] for c in again] == [
+        [(c.videos[0].video_id, str(moved / Path(c.videos[0].source).name))] for c in chunks]
+
+
+def test_output_with_path_ids_keeps_them(tmp_path: Path):
+    """A plan written when a video's id was the uuid of its path: a re-run uses those ids and plans
+    nothing again; a new file gets a content id."""
+    out = OutputDir(tmp_path / "out")
+    paths = files(tmp_path / "data", ["a.mp4", "b.mp4"])
+    rows = [{"video_id": video_id(str(p)), "source": str(p), "dataset": None, "language": None,
+             "speaker": None, "chunk": i} for i, p in enumerate(paths)]
+    out.write_parquet("plan/plan-0000.parquet", pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
+    (new,) = files(tmp_path / "data", ["c.mp4"])
+    chunks = plan_chunks(out, [InputVideo(str(p)) for p in [*paths, new]], videos_per_chunk=1)
+    assert [c.videos[0].video_id for c in chunks] == [video_id(str(paths[0])), video_id(str(paths[1])),
+                                                      content_id(str(new))]
+    assert len(list((tmp_path / "out" / "plan").iterdir())) == 2
 
 
 # ------------------------------------------------------------------------------ stats, manifests
