@@ -26,8 +26,10 @@ TRANSIENT_ERRNOS = {errno.EIO, errno.ENOSPC, errno.EDQUOT, errno.ESTALE, errno.E
 OOM_TEXT = ("CUDA out of memory", "CUDA error: out of memory", "can't allocate memory",
             "HIP out of memory", "out of memory")
 NETWORK_TEXT = ("AWS Error NETWORK", "Couldn't connect", "curl error", "Connection reset", "Connection refused",
-                "Could not resolve host", "Timeout was reached", "SlowDown", "503", "ServiceUnavailable",
-                "InternalError", "RequestTimeout", "Broken pipe")
+                "Could not resolve host", "Timeout was reached", "SlowDown", "SLOW_DOWN", "response code: 503",
+                "ServiceUnavailable", "SERVICE_UNAVAILABLE", "InternalError", "RequestTimeout", "Broken pipe")
+# What a file's own path or rights answer: never retried, whatever words its message holds.
+CONTENT_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EINVAL}
 MEDIA_TIMEOUT_REASONS = {"timeout"}
 
 
@@ -91,6 +93,8 @@ def _own_kind(exc: BaseException) -> str | None:
             return None
         if exc.errno in TRANSIENT_ERRNOS:
             return "storage"
+        if exc.errno in CONTENT_ERRNOS:  # a path like video_503.mp4 must not read as a 503
+            return None
         if any(t in str(exc) for t in NETWORK_TEXT):
             return "network"
         return None

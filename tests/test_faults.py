@@ -52,6 +52,8 @@ def wrapped(outer: Exception, inner: Exception) -> Exception:
     (ProbeError("not_found", "no such file: v.mp4"), None),
     (DecodeError("corrupt", "12 packets failed"), None),
     (FileNotFoundError(errno.ENOENT, "No such file"), None),
+    (FileNotFoundError(errno.ENOENT, "No such file", "/videos/interview_503_SlowDown.mp4"), None),
+    (OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate."), "network"),
     (av.error.OSError(errno.EIO, "Input/output error"), None),  # FFmpeg on a file's bytes
     (ValueError("decoded 10 audio samples, expected 12"), None),
     (rx.RayTaskError("process", "traceback", ValueError("bad")), None),
