@@ -8,6 +8,7 @@ emulator: ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` with fake ``AWS_*`` cre
 from __future__ import annotations
 
 import hashlib
+import random
 import json
 import os
 import shutil
@@ -134,7 +135,8 @@ def test_gcs_endpoint_comes_from_the_environment(gcs, gcs_server: str) -> None:
     assert filesystem_for("GS://bucket/dir/")[1] == "bucket/dir"
 
 
-def test_list_inputs_on_a_remote_folder_and_list(store, clip: Path, s3_server: str, monkeypatch) -> None:
+def test_list_inputs_on_a_remote_folder_and_list(store, clip: Path, s3_server: str, monkeypatch,
+                                                 tmp_path: Path) -> None:
     scheme, fs = store
     bucket = "listing"
     fs.create_dir(bucket)
@@ -151,6 +153,10 @@ def test_list_inputs_on_a_remote_folder_and_list(store, clip: Path, s3_server: s
     assert listed == [InputVideo(talk, dataset="mine", language="en", speaker="007"), InputVideo(other)]
     assert listed[0].video_id == video_id(talk)
     assert content_id(talk) == content_id(str(clip))  # moved to an object store: the same video
+    big = tmp_path / "big.mp4"  # larger than both ends read: head and tail
+    big.write_bytes(random.Random(0).randbytes(700_000))
+    upload(fs, big, f"{bucket}/blobs/big.mp4")
+    assert content_id(f"{scheme}://{bucket}/blobs/big.mp4") == content_id(str(big))
     assert list_inputs(f"{scheme}://{bucket}/lists/inputs.txt") == [InputVideo(talk)]
 
     if scheme == "s3":  # through AWS_ENDPOINT_URL_S3 alone, and before AWS_ENDPOINT_URL when both are set
