@@ -34,7 +34,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
 
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -52,7 +52,7 @@ from manifests import thresholds  # noqa: E402
 from pipeline import demo  # noqa: E402
 from pipeline.media import media_dir  # noqa: E402
 from pipeline.outdir import OutputDir, done_name  # noqa: E402
-from pipeline.plan import Chunk, Plan, make_plan  # noqa: E402
+from pipeline.plan import Chunk, make_plan  # noqa: E402
 from pipeline.progress import Progress, summary_lines  # noqa: E402
 from pipeline.sizing import NodeCapacity, PoolSizes, SizingError, cluster_pool_sizes  # noqa: E402
 from pipeline.spill import ClipSpill  # noqa: E402
@@ -270,12 +270,13 @@ def ungrouped_chunks(chunks: list[Chunk], identities: dict[str, str], enabled: b
 
 def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                    workers: tuple[type, type] | None = None,
-                   done_hashes: dict[str, str] | None = None, plan: Plan | None = None) -> dict[str, Any]:
+                   done_hashes: dict[str, str] | None = None,
+                   commit: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the pending chunks on Ray; returns the cluster's description and this run's timings
     (and ``stopped``, the reason, when the error budget stopped it). The weights the workers
     loaded are checked against the output's fingerprint before the first chunk is written
-    (``done_hashes``: those an older output's done chunks recorded). ``plan``'s new file is
-    written once the identity pass has passed its guard, before any chunk."""
+    (``done_hashes``: those an older output's done chunks recorded). ``commit`` writes the run's
+    plan, fingerprint and config once the identity pass has passed its guard, before any chunk."""
     import ray
 
     from pipeline.scheduler import Scheduler
@@ -297,8 +298,8 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
             # the model workers load.
             identities = identity_groups(cfg, out, [v for c in chunks for v in c.videos],
                                          embed_on_workers(cpu_actors, max(1, int(cfg.work.videos_per_chunk))))
-            if plan is not None:
-                plan.write(out)
+            if commit is not None:
+                commit()
             cpu, model, models = start_pools(cpu_actors, model_actors, model_descriptions, sizes)
         except BaseException:
             for actor in model_actors + cpu_actors:
@@ -504,7 +505,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
                 if args.demo else args.input)
         videos = list_inputs(spec)
         # Before anything is written: a changed setting would mix two datasets in one output.
-        fingerprint.check_settings(out, to_dict(cfg), stored_config(out))
+        settings = fingerprint.check_settings(out, to_dict(cfg), stored_config(out), store=False)
         plan = make_plan(out, videos, int(cfg.work.videos_per_chunk))
         chunks = plan.chunks
         pending = [c for c in chunks if not out.exists(done_name(c.index))]
@@ -512,10 +513,21 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
         if not pending and up_to_date(out, chunks):
             log.info("nothing to do: every chunk of %s is done and its manifests are written", args.output)
             return None
-        record_config(out, cfg)  # a run that writes something keeps its config
+
+        def commit() -> None:
+            """What a run that goes on to write chunks records first (after the identity guard)."""
+            fingerprint.store_record(out, settings)
+            record_config(out, cfg)  # a run that writes something keeps its config
+            plan.write(out)
+
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
-        this_run = process_chunks(cfg, out, pending, workers, done_weight_hashes(out, chunks), plan) if pending else {}
+        hashes = done_weight_hashes(out, chunks)
+        if pending:
+            this_run = process_chunks(cfg, out, pending, workers, hashes, commit)
+        else:
+            commit()
+            this_run = {}
         this_run["argv"] = getattr(args, "argv", None)
         this_run["planning_s"] = planning_s
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)

@@ -104,10 +104,12 @@ def refusal(out: OutputDir, diffs: list[str]) -> FingerprintError:
         f"in its config.yaml, or write to a new output")
 
 
-def check_settings(out: OutputDir, cfg: Mapping[str, Any], adopt: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Compare this run's output settings with the stored fingerprint, storing one when there is
-    none (``adopt``: the plain config an older output was made with, when known). Raises
-    ``FingerprintError`` naming the differing keys; writes nothing then."""
+def check_settings(out: OutputDir, cfg: Mapping[str, Any], adopt: Mapping[str, Any] | None,
+                   store: bool = True) -> dict[str, Any]:
+    """Compare this run's output settings with the stored fingerprint (``adopt``: the plain config
+    an older output without one was made with, when known). Raises ``FingerprintError`` naming
+    the differing keys; writes nothing then. Returns the record to keep, stored at once when
+    ``store``, else by ``store_record`` once the run is sure to write."""
     current = output_settings(cfg)
     stored = read(out)
     if stored is None:
@@ -121,11 +123,16 @@ def check_settings(out: OutputDir, cfg: Mapping[str, Any], adopt: Mapping[str, A
     for key in sorted(current.keys() - stored["settings"].keys()):
         log.warning("setting %s is not in the output's fingerprint (made by an older version); "
                     "taking %r", key, current[key])
-    if not out.exists(FINGERPRINT_FILE):
-        log.info("storing the output's fingerprint%s", " (adopted from its config.yaml)"
-                 if stored.get("adopted_from") else "")
-        stored = write(out, stored["settings"], stored.get("weight_hashes"), stored.get("adopted_from"))
-    return stored
+    return store_record(out, stored) if store else stored
+
+
+def store_record(out: OutputDir, stored: dict[str, Any]) -> dict[str, Any]:
+    """Write the fingerprint ``check_settings`` returned, when the output has none yet."""
+    if out.exists(FINGERPRINT_FILE):
+        return stored
+    log.info("storing the output's fingerprint%s", " (adopted from its config.yaml)"
+             if stored.get("adopted_from") else "")
+    return write(out, stored["settings"], stored.get("weight_hashes"), stored.get("adopted_from"))
 
 
 def check_weights(out: OutputDir, weight_hashes: Mapping[str, str],
