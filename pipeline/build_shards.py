@@ -268,6 +268,9 @@ def ungrouped_chunks(chunks: list[Chunk], identities: dict[str, str], enabled: b
     return waiting
 
 
+SPILL_FETCH_TIMEOUT_S = 120.0  # seconds a finished clip's record may take to reach the driver
+
+
 def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                    workers: tuple[type, type] | None = None,
                    done_hashes: dict[str, str] | None = None,
@@ -332,7 +335,9 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
             spill.drop_chunk(state.chunk.index)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
 
-        spill = ClipSpill(out, ray.get)
+        # A clip record lost with its node may never come back: a bounded wait turns it into a
+        # timeout, which the chunk writer treats as lost (the chunk prepares it again).
+        spill = ClipSpill(out, lambda ref: ray.get(ref, timeout=SPILL_FETCH_TIMEOUT_S))
         scheduler = Scheduler(cfg, cpu, model, finish, progress, keep=spill.put)
         try:
             scheduler.run(chunks)
