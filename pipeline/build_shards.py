@@ -527,9 +527,8 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
 
         log.info("%d chunks (%d videos) to process, %d already done", len(pending),
                  sum(len(c.videos) for c in pending), len(chunks) - len(pending))
-        hashes = done_weight_hashes(out, chunks)
         if pending:
-            this_run = process_chunks(cfg, out, pending, workers, hashes, commit)
+            this_run = process_chunks(cfg, out, pending, workers, done_weight_hashes(out, chunks), commit)
         else:
             commit()
             this_run = {}
