@@ -311,6 +311,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
         waiting = ungrouped_chunks(chunks, identities, cfg.identity.backend not in ("none", None))
         for index, items in waiting.items():
             write_incomplete(out, index, items)
+        pending = [c.index for c in chunks]  # their journals stay (pipeline.spill)
         chunks = [c for c in chunks if c.index not in waiting]
         this_run["startup_s"] = time.monotonic() - started
         meta: list[RunMeta] = []  # filled once the model workers are up
@@ -320,7 +321,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
             def fetch(clip):
                 return spill.get(state.results[clip.clip_id])
 
-            if state.retryable:  # no done file: the next run redoes the chunk
+            if state.retryable:  # no done file: the next run redoes what failed (pipeline.spill)
                 write_incomplete(out, state.chunk.index, state.retryable)
                 log.warning("chunk %d incomplete: %d items failed for infrastructure reasons",
                             state.chunk.index, len(state.retryable))
@@ -337,11 +338,12 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
 
         # A clip record lost with its node may never come back: a bounded wait turns it into a
         # timeout, which the chunk writer treats as lost (the chunk prepares it again).
-        spill = ClipSpill(out, lambda ref: ray.get(ref, timeout=SPILL_FETCH_TIMEOUT_S))
-        scheduler = Scheduler(cfg, cpu, model, finish, progress, keep=spill.put)
+        spill = ClipSpill(out, lambda ref: ray.get(ref, timeout=SPILL_FETCH_TIMEOUT_S), pending)
+        scheduler = Scheduler(cfg, cpu, model, finish, progress, journal=spill)
         try:
             scheduler.run(chunks)
             this_run["processing_s"] = time.monotonic() - started - this_run["startup_s"]
+            this_run["resumed"] = scheduler.resumed
         except ErrorBudgetExceeded as exc:
             log.error("%s", exc)
             this_run["stopped"] = str(exc)
@@ -433,6 +435,8 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
             "stage_fps": {k: round(frames[k] / seconds[k], 3) for k in sorted(frames) if seconds[k] > 0},
         },
         "cluster": this_run.get("cluster"),
+        # planned videos and final clips this run took back from the journal of unfinished chunks
+        "resumed": this_run.get("resumed", {"videos": 0, "clips": 0}),
         "driver": driver_usage(),
         "split": split_figures(cfg, clips),
     }

@@ -6,7 +6,7 @@ split (``shard-NNNNNN-train.tar``, ``shard-NNNNNN-val.tar``), so a reader of one
 the other's bytes. Each kept clip's moments (``shards.stats``) are computed from the
 arrays as written and stored in ``moments/chunk-NNNNNN.parquet``; the merged moments of the chunk's
 training clips go into the done file, so the run's statistics never read a shard back. The done
-file is written only once everything else is in place: a chunk without it is redone from scratch
+file is written only once everything else is in place: a chunk without it is written again
 by the next run, and anything it left is replaced.
 
 A kept clip whose record cannot be fetched because it was lost with its node is no verdict on the

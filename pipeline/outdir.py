@@ -9,7 +9,7 @@ Layout::
     OUT/manifests/videos.parquet, clips.parquet, OUT/stats.json, OUT/run.json
     OUT/fingerprint.json                   the settings and weights that decide the output (pipeline.fingerprint)
     OUT/config.yaml, OUT/config.runs/run-<UTC time>.yaml   the first run's config, each later run's
-    OUT/spill/chunk-000123/<clip>.pkl      finished clips of a chunk being run (pipeline.spill; local only)
+    OUT/spill/chunk-000123/                finished clips and journal of an unfinished chunk (pipeline.spill; staging only)
 
 A local folder is written in place through temporary names and renames. For a remote folder
 (``s3://``, ``gs://``, anything ``pyarrow.fs`` opens) files are written to a local staging folder

@@ -11,7 +11,9 @@ driver only ever reads summaries, and hands references on (prepared crops go fro
 to the model actor through the object store, never through the driver). Backpressure keeps at
 most ``ray.max_prepared_clips`` clips being prepared or waiting, so memory stays bounded whatever
 the input's length. A chunk whose videos and clips are all final is handed to ``on_chunk`` on a
-writer thread, so the actors keep working while its shards are written.
+writer thread, so the actors keep working while its shards are written. With a ``journal``
+(``pipeline.spill``), every plan and final clip is written down as it arrives, and what an
+earlier run wrote down for a chunk is taken back instead of being run again.
 
 Each actor runs one call at a time, so when a worker process dies or hangs the call responsible
 is known. Failures never stop the loop. An infrastructure failure (``pipeline.faults``: a worker
@@ -50,6 +52,7 @@ from pipeline.faults import transient_kind
 from pipeline.incomplete import ErrorBudgetExceeded, ResultsLost, Retryable
 from pipeline.plan import Chunk
 from pipeline.progress import Progress
+from pipeline.spill import ChunkJournal, ClipSpill
 from pipeline.stages.base import error_text
 
 log = logging.getLogger(__name__)
@@ -186,18 +189,21 @@ class ChunkState:
     open_clips: int = 0
     candidates: dict[str, Clip] = field(default_factory=dict)  # clip id -> the clip as planned
     retryable: list[Retryable] = field(default_factory=list)   # what still failed: chunk not done
+    restored: dict[str, Clip] = field(default_factory=dict)    # clip id -> final summary an earlier run journaled
 
 
 class Scheduler:
     def __init__(self, cfg: Mapping[str, Any], cpu: ActorPool, model: ActorPool,
                  on_chunk: Callable[[ChunkState], None], progress: Progress,
-                 keep: Callable[[Clip, Any], Any] | None = None):
-        """``keep(summary, reference)``: called with each kept clip as its model call returns;
-        what it returns is held for the chunk in place of the reference (``pipeline.spill``)."""
+                 journal: ClipSpill | None = None):
+        """``journal``: each kept clip goes to ``journal.put`` as its model call returns, and what
+        that returns is held for the chunk in place of the reference; plans and rejected clips
+        are journaled too, and a chunk's earlier journal is taken back (``pipeline.spill``)."""
         ray_cfg = cfg["ray"]
         self.cpu, self.model = cpu, model
         self.on_chunk = on_chunk
-        self.keep = keep
+        self.journal = journal
+        self.resumed = {"videos": 0, "clips": 0}  # taken back from an earlier run's journal
         self.progress = progress
         self.max_prepared = max_prepared_clips(ray_cfg["max_prepared_clips"], len(cpu.actors), len(model.actors))
         self.timeout_s = float(ray_cfg["task_timeout_s"])
@@ -229,11 +235,20 @@ class Scheduler:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-writer") as self.writer:
             self.total_videos = sum(len(chunk.videos) for chunk in chunks)
             for chunk in chunks:
-                self.chunks[chunk.index] = ChunkState(chunk, unplanned=len(chunk.videos))
+                state = self.chunks[chunk.index] = ChunkState(chunk, unplanned=len(chunk.videos))
+                earlier = self.journal.restored(chunk.index) if self.journal else ChunkJournal()
+                state.restored = earlier.finals
                 for v in chunk.videos:
-                    self.videos.append(Clip(source=v.source, video_id=v.video_id, chunk=chunk.index,
-                                            dataset=v.dataset, language=v.language, speaker=v.speaker))
-                self._maybe_finish(self.chunks[chunk.index])
+                    if v.video_id in earlier.plans:
+                        self.resumed["videos"] += 1
+                        self._planned(*earlier.plans[v.video_id], journaled=True)
+                    else:
+                        self.videos.append(Clip(source=v.source, video_id=v.video_id, chunk=chunk.index,
+                                                dataset=v.dataset, language=v.language, speaker=v.speaker))
+                self._maybe_finish(state)
+            if any(self.resumed.values()):
+                log.info("taken back from an earlier run: %d planned videos, %d final clips",
+                         self.resumed["videos"], self.resumed["clips"])
             while self.videos or self.clips or self.ready or self.inflight or self.delayed or self.writes:
                 self._release_delayed()
                 self._dispatch()
@@ -353,6 +368,8 @@ class Scheduler:
         self.chunks[state.chunk.index] = state
         for clip_id in clip_ids:
             state.results.pop(clip_id, None)
+            if self.journal:
+                self.journal.forget(state.chunk.index, clip_id)
             candidate = state.candidates[clip_id]
             state.open_clips += 1
             self.open_per_video[candidate.video_id] = self.open_per_video.get(candidate.video_id, 0) + 1
@@ -382,9 +399,9 @@ class Scheduler:
                 self._final(value)
         else:
             if value.kept:
-                held = self.keep(value, task.result) if self.keep else task.result
+                held = self.journal.put(value, task.result) if self.journal else task.result
                 self.chunks[value.chunk].results[value.clip_id] = held
-            self._final(value)
+            self._final(value, journaled=value.kept)
 
     def _failed(self, task: Task, exc: RayError) -> None:
         """A call failed: retry an infrastructure failure after a backoff, else reject the item."""
@@ -436,10 +453,15 @@ class Scheduler:
                 f"retries did not fix, over run.error_budget={self.error_budget:g} ({allowed:.1f} videos); "
                 f"the infrastructure (GPU, storage, network) is failing, not the input")
 
-    def _planned(self, video: Clip, clips: list[Clip], record: bool = True) -> None:
+    def _planned(self, video: Clip, clips: list[Clip], record: bool = True, journaled: bool = False) -> None:
+        """A video's plan is in (``record``: False for one that failed for infrastructure reasons;
+        ``journaled``: it came from the journal). Its candidate clips a journal holds as final
+        are final at once; the others queue for preparing."""
         state = self.chunks[video.chunk]
         if record:
             state.videos.append(video)
+            if self.journal and not journaled:
+                self.journal.put_plan(video, clips)
         state.unplanned -= 1
         self.progress.video_planned(video)
         self.open_per_video[video.video_id] = len(clips)
@@ -447,18 +469,29 @@ class Scheduler:
         if not clips:
             self.progress.video_done()
         for clip in clips:
-            if clip.kept:
-                state.candidates[clip.clip_id] = clip
+            if not clip.kept:
+                self._final(clip, journaled=True)  # the plan's entry holds it
+                continue
+            state.candidates[clip.clip_id] = clip
+            final = state.restored.get(clip.clip_id)
+            if final is None:
                 self.clips.append(clip)
-            else:
-                self._final(clip)
+                continue
+            self.resumed["clips"] += 1
+            if final.kept:
+                state.results[clip.clip_id] = self.journal.held(final.chunk, final.clip_id)
+            self._final(final, journaled=True)
         self._maybe_finish(state)
 
-    def _final(self, clip: Clip, record: bool = True) -> None:
+    def _final(self, clip: Clip, record: bool = True, journaled: bool = False) -> None:
+        """A clip is final (``record``: False for one left for the next run). A rejection not yet
+        journaled is journaled here; a kept clip was, with its record (``ClipSpill.put``)."""
         state = self.chunks[clip.chunk]
         if record:
             state.clips.append(clip)
             self.progress.clip_done(clip)
+            if self.journal and not journaled:
+                self.journal.put_final(clip)
         state.open_clips -= 1
         self.open_per_video[clip.video_id] -= 1
         if self.open_per_video[clip.video_id] == 0:

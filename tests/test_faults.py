@@ -158,6 +158,28 @@ def test_a_lasting_fault_leaves_its_chunk_for_the_rerun(inputs, reference, tmp_p
 
 
 @pytest.mark.slow
+def test_a_rerun_redoes_only_the_items_that_failed(inputs, tmp_path):
+    """Both videos in one chunk: one clip keeps failing, the other finishes. The rerun takes the
+    finished clip and both plans back from the chunk's journal and calls the models once."""
+    args = [*inputs[1], "work.videos_per_chunk=2", "run.error_budget=1.0"]
+    reference = tmp_path / "reference"
+    assert main([*args, "--output", str(reference)]) == 0
+    out = tmp_path / "out"
+    failing = faulty_workers(tmp_path / "faults", "video_1", fails=10**6)
+    assert main([*args, "--output", str(out)], workers=failing) == EXIT_INCOMPLETE
+    (failed_clip,) = attempts(tmp_path / "faults")
+    assert not list((out / "done").glob("*.json"))
+    assert len(list((out / "spill" / "chunk-000000" / "final").glob("*.pkl"))) == 1
+
+    counting = faulty_workers(tmp_path / "calls", "video_", fails=0)  # counts model calls, never fails
+    assert main([*args, "--output", str(out)], workers=counting) == 0
+    assert attempts(tmp_path / "calls") == {failed_clip: 1}
+    assert json.loads((out / "run.json").read_text())["resumed"] == {"videos": 2, "clips": 1}
+    assert same_output(out, reference)
+    assert not (out / "spill").exists()
+
+
+@pytest.mark.slow
 def test_the_error_budget_stops_a_failing_run(inputs, tmp_path, caplog):
     faults = tmp_path / "faults"
     out = tmp_path / "out"

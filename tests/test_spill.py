@@ -1,5 +1,5 @@
-"""Finished clips spilled to the output's staging folder come back whole, and their folder goes
-once the chunk is written."""
+"""Finished clips spilled to the output's staging folder come back whole, their chunk's journal
+(plans, final clips) is taken back by the next run, and the folder goes once the chunk is written."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +8,12 @@ import numpy as np
 
 from pipeline.clip import Clip
 from pipeline.outdir import OutputDir
-from pipeline.spill import SPILL_DIR, ClipSpill, spill_name
+from pipeline.spill import SPILL_DIR, ClipSpill, final_name, spill_name
 
 
-def finished_clip(seed: int) -> Clip:
+def finished_clip(seed: int, chunk: int = 3) -> Clip:
     rng = np.random.default_rng(seed)
-    clip = Clip(source=f"/v/{seed}.mp4", video_id=f"vid{seed}", chunk=3, start_s=1.0, end_s=3.0)
+    clip = Clip(source=f"/v/{seed}.mp4", video_id=f"vid{seed}", chunk=chunk, start_s=1.0, end_s=3.0)
     clip.audio = rng.standard_normal(50 * 640).astype(np.float32)
     clip.audio_feat = rng.standard_normal((50, 768)).astype(np.float32)
     clip.motion = {"exp": rng.standard_normal((50, 63)).astype(np.float32)}
@@ -23,10 +23,10 @@ def finished_clip(seed: int) -> Clip:
 
 def test_spilled_clips_come_back_whole_and_go_with_their_chunk(tmp_path: Path):
     out = OutputDir(tmp_path / "out")
-    (tmp_path / "out" / SPILL_DIR / "chunk-000009").mkdir(parents=True)  # a crashed run's leftovers
+    (tmp_path / "out" / SPILL_DIR / "chunk-000009").mkdir(parents=True)  # a chunk done since
     held = {}  # stands in for the object store: fetch pops, so nothing keeps the record
-    spill = ClipSpill(out, held.pop)
-    assert not (tmp_path / "out" / SPILL_DIR).exists()
+    spill = ClipSpill(out, held.pop, keep_chunks=[3])
+    assert not (tmp_path / "out" / SPILL_DIR / "chunk-000009").exists()
     clips = [finished_clip(i) for i in range(3)]
     pending = []
     for clip in clips:
@@ -43,3 +43,34 @@ def test_spilled_clips_come_back_whole_and_go_with_their_chunk(tmp_path: Path):
     assert not (tmp_path / "out" / SPILL_DIR / "chunk-000003").exists()
     spill.close()
     assert not (tmp_path / "out" / SPILL_DIR).exists()
+
+
+def test_an_unfinished_chunks_journal_is_taken_back_by_the_next_run(tmp_path: Path):
+    out = OutputDir(tmp_path / "out")
+    held = {}
+    spill = ClipSpill(out, held.pop, keep_chunks=[3])
+    video = Clip(source="/v/0.mp4", video_id="vid0", chunk=3)
+    kept, rejected, lost = finished_clip(0), finished_clip(0), finished_clip(0)
+    rejected.start_s, lost.start_s = 3.0, 5.0
+    rejected.reject("sync", "offset")
+    candidates = [kept.summary(), rejected.summary(), lost.summary()]
+    spill.put_plan(video, candidates)
+    held[kept.clip_id], held[lost.clip_id] = kept, lost
+    spill.put(kept.summary(), kept.clip_id)
+    spill.put_final(rejected.summary())
+    spill.put(lost.summary(), lost.clip_id).result()
+    spill.forget(3, lost.clip_id)  # its record was lost: no longer final
+    (tmp_path / "out" / final_name(3, "half-written")).with_suffix(".pkl.tmp").write_bytes(b"\x80")
+    spill.close()  # a run that ends with chunk 3 unfinished keeps its folder
+
+    again = ClipSpill(out, held.pop, keep_chunks=[3])
+    journal = again.restored(3)
+    assert list(journal.plans) == ["vid0"]
+    assert [c.clip_id for c in journal.plans["vid0"][1]] == [c.clip_id for c in candidates]
+    assert sorted(journal.finals) == sorted([kept.clip_id, rejected.clip_id])
+    assert journal.finals[rejected.clip_id].rejection.reason == "offset"
+    back = again.get(again.held(3, kept.clip_id))
+    np.testing.assert_array_equal(back.audio, kept.audio)
+    assert len(again.restored(4)) == 0
+    again.close()
+    assert ClipSpill(out, held.pop, keep_chunks=[]).restored(3).finals == {}  # chunk 3 done since
