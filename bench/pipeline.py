@@ -37,7 +37,9 @@ With ``--memory-minutes 5 60`` (alone; added to the result file as ``memory_vs_h
 of the job on one real clip looped (stream copy, no re-encoding) to each length, one video and so
 one chunk per run, clips of up to ``clips.max_len_s`` (60 s): a chunk's finished clips wait for
 the chunk on disk (``pipeline.spill``), so the peak should not follow the hours of the chunk.
-With ``--gpu`` the job runs on the whole machine with its own sizing.
+With ``--gpu`` the job runs on the whole machine with its own sizing. ``--head-only`` runs the job
+of ``bench/stand_in_models.py`` instead: the models on each clip's first frames, their outputs
+repeated to its full length (every array of its real size), so an hour of input takes minutes.
 
 With ``--gpu`` (a machine with a CUDA GPU), instead: the job with its own sizing (every core; one
 model actor per GPU, and four sharing it at 0.25 GPU each) against the naive way on the GPU (the
@@ -201,10 +203,11 @@ def command(argv: list[str], log: Path) -> None:
 
 
 def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, extra: tuple[str, ...] = (),
-                 job_sizing: bool = False) -> dict:
+                 job_sizing: bool = False, script: Path = ROOT / "pipeline" / "build_shards.py") -> dict:
     """One run of the job's command with a local Ray of ``cpus`` CPUs (pinned to that many cores;
     actors sized by ``sizing`` unless ``job_sizing``, then by the job's defaults and ``extra``),
-    or, with ``cpus=None``, of the whole machine with the job's own sizing (GPU machines)."""
+    or, with ``cpus=None``, of the whole machine with the job's own sizing (GPU machines).
+    ``script``: the job's command, or ``bench/stand_in_models.py`` (the job with its models cut short)."""
     listing = work / f"{name}.txt"
     listing.write_text("\n".join(str(v) for v in videos) + "\n")
     out = work / name
@@ -216,7 +219,7 @@ def run_pipeline(videos: list[Path], work: Path, name: str, cpus: int | None, ex
     try:
         with PeakMemory() as memory:
             start = time.perf_counter()
-            command([sys.executable, str(ROOT / "pipeline" / "build_shards.py"), "--input", str(listing),
+            command([sys.executable, str(script), "--input", str(listing),
                      "--output", str(out), "--random-weights", *SETTINGS, *extra], work / f"{name}.log")
             wall = time.perf_counter() - start
     finally:
@@ -254,17 +257,34 @@ def loop_by_copy(src: Path, dst: Path, minutes: float) -> Path:
     return dst
 
 
-def memory_vs_hours(source: Path, work: Path, minutes: list[float], gpu: bool) -> dict:
-    """Peak memory of the job on ``source`` looped to each length (one video: one chunk)."""
-    settings = ("clips.max_len_s=60", "clips.min_len_s=3")
+# With the models cut short the CPU stages are the work: two CPU actors, one model actor.
+HEAD_ONLY_SIZING = ("ray.cpu_workers=2", "ray.cpu_worker_cpus=0.75", "ray.model_workers=1",
+                    "ray.model_worker_cpus=0.5")
+
+
+def memory_vs_hours(source: Path, work: Path, minutes: list[float], gpu: bool, head_only: bool) -> dict:
+    """Peak memory of the job on ``source`` looped to each length (one video: one chunk); with
+    ``head_only``, the job of ``bench/stand_in_models.py`` (models on each clip's first frames,
+    outputs repeated to full length)."""
+    settings = ("clips.max_len_s=60", "clips.min_len_s=3", *(HEAD_ONLY_SIZING if head_only else ()))
+    script = ROOT / ("bench/stand_in_models.py" if head_only else "pipeline/build_shards.py")
     rows = []
     for length in minutes:
         video = loop_by_copy(source, work / "inputs" / f"{source.stem}_{length:g}min.mp4", length)
-        run = run_pipeline([video], work, f"memory_{length:g}min", None if gpu else 2, settings)
+        run = run_pipeline([video], work, f"memory_{length:g}min", None if gpu else 2, settings,
+                           script=script)
+        out = work / f"memory_{length:g}min"
+        shard_mb = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 2**20
         rows.append({"input_min": round(probe(str(video)).duration_s / 60, 2), "video_s": run["video_s"],
-                     "clips": run["clips"], "wall_s": run["wall_s"], "peak_mb": run["peak_mb"],
-                     "peak_mb_by_process": run["peak_mb_by_process"], "pools": run["pools"]})
+                     "clips": run["clips"], "shards_mb": round(shard_mb, 1), "wall_s": run["wall_s"],
+                     "peak_mb": run["peak_mb"], "peak_mb_by_process": run["peak_mb_by_process"],
+                     "pools": run["pools"]})
+        shutil.rmtree(out, ignore_errors=True)
+        video.unlink()
     return {"source": str(source), "settings": [*SETTINGS, *settings], "runs": rows,
+            "models": ("head only (bench/stand_in_models.py): SyncNet, the motion extractor and the audio "
+                       "encoder on each clip's first frames, outputs repeated to its length") if head_only
+            else "whole",
             "peak_ratio_longest_over_shortest": round(rows[-1]["peak_mb"] / rows[0]["peak_mb"], 3),
             "goal": "the longest input's peak within 20% of the shortest's"}
 
@@ -635,6 +655,9 @@ def main() -> None:
     parser.add_argument("--memory-minutes", type=float, nargs="+", default=None,
                         help="only the peak memory on one real clip looped to each of these lengths, added "
                              "to the result file as memory_vs_hours (its other keys are kept)")
+    parser.add_argument("--head-only", action="store_true",
+                        help="with --memory-minutes: the models on each clip's first frames only, their "
+                             "outputs repeated to the clip's length (bench/stand_in_models.py)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: PyTorch sees no CUDA device here")
@@ -651,7 +674,8 @@ def main() -> None:
             kept = json.loads(out.read_text()) if out.exists() else {"bench": "pipeline"}
             kept["memory_vs_hours"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
                                        "device": torch.cuda.get_device_name() if args.gpu else "cpu",
-                                       **memory_vs_hours(videos[0], work, sorted(args.memory_minutes), args.gpu)}
+                                       **memory_vs_hours(videos[0], work, sorted(args.memory_minutes), args.gpu,
+                                                         args.head_only)}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(kept, indent=2) + "\n")
             print(json.dumps({k: v for k, v in kept["memory_vs_hours"].items() if k != "runs"}, indent=2))
