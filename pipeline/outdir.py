@@ -9,7 +9,8 @@ Layout::
     OUT/manifests/videos.parquet, clips.parquet, OUT/stats.json, OUT/run.json
     OUT/fingerprint.json                   the settings and weights that decide the output (pipeline.fingerprint)
     OUT/config.yaml, OUT/config.runs/run-<UTC time>.yaml   the first run's config, each later run's
-    OUT/spill/chunk-000123/                finished clips and journal of an unfinished chunk (pipeline.spill; staging only)
+    OUT/spill/chunk-000123/                finished clips and journal of an unfinished chunk (pipeline.spill;
+                                           for a remote output in a local folder, ``journal_root``)
 
 A local folder is written in place through temporary names and renames. For a remote folder
 (``s3://``, ``gs://``, anything ``pyarrow.fs`` opens) files are written to a local staging folder
@@ -17,6 +18,7 @@ first and uploaded whole; object stores make an upload visible only once it is c
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -33,6 +35,7 @@ SHARDS = "shards"
 PARTS = "manifests/parts"
 DONE = "done"
 TMP_SUFFIX = ".tmp"
+JOURNAL_ENV = "TH_JOURNAL_DIR"
 
 
 def done_name(chunk: int) -> str:
@@ -58,6 +61,18 @@ class OutputDir:
             self.fs, self.base = pafs.LocalFileSystem(), filesystem_for(self.root)[1]
             self.staging = Path(self.base)
         self.staging.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def journal_root(self) -> Path:
+        """Where unfinished chunks keep their records and journal (``pipeline.spill``): the output
+        folder itself when it is local; for a remote output, a local folder named after the
+        output's URI that outlives the run (on the machine the driver runs on), under
+        ``TH_JOURNAL_DIR`` (default ``~/.cache/talkinghead/journals``). Never uploaded."""
+        if not self.remote:
+            return self.staging
+        base = Path(os.environ.get(JOURNAL_ENV) or Path.home() / ".cache" / "talkinghead" / "journals")
+        name = hashlib.sha256(f"{self.fs.type_name}:{self.base}".encode()).hexdigest()[:16]
+        return base / name
 
     def __repr__(self) -> str:
         return f"OutputDir({self.root!r})"

@@ -4,8 +4,8 @@ A chunk's shards are written in a fixed order once every clip of the chunk is fi
 clips finished earlier must wait somewhere: in Ray's object store that is about 0.6 GB per hour of
 kept video (motion, audio features and audio), which a chunk of long videos turns into gigabytes.
 Instead, each kept clip's record is fetched as soon as its model call returns, written to
-``spill/chunk-NNNNNN/<clip_id>.pkl`` in the output's staging folder (the output folder itself
-when it is local, a local temporary folder when it is remote; never uploaded), and its object
+``spill/chunk-NNNNNN/<clip_id>.pkl`` (in the output folder when it is local; for a remote one in
+a local folder named after it, ``OutputDir.journal_root``; never uploaded), and its object
 released; the chunk writer reads the files back one at a time. Memory then holds one clip's
 record at a time, whatever the chunk's hours.
 
@@ -17,8 +17,8 @@ keeps its folder, and the next run over the same output takes back what it holds
 videos and clips without a journal entry run again. That is safe because the output's
 fingerprint (``pipeline.fingerprint``) refuses a rerun whose settings would give other results.
 Files are written under a temporary name and renamed, so an entry is whole or absent. A chunk's
-folder goes once its done file is written. A remote output's staging folder is new for each run,
-so there an unfinished chunk is redone whole.
+folder goes once its done file is written. A remote output's journal is on the machine the
+driver ran on: a rerun from another machine redoes unfinished chunks whole.
 """
 from __future__ import annotations
 
@@ -73,10 +73,11 @@ class ClipSpill:
     since, or left by a crash between a done file and its cleanup) are removed."""
 
     def __init__(self, out: OutputDir, fetch: Callable[[Any], Clip], keep_chunks: Iterable[int] = ()):
-        self.out = out
+        self.root = out.journal_root
+        self.remote = out.remote
         self.fetch = fetch
         keep = {Path(chunk_folder(c)).name for c in keep_chunks}
-        root = out.staging / SPILL_DIR
+        root = self.root / SPILL_DIR
         if root.is_dir():
             for folder in root.iterdir():
                 if folder.name not in keep:
@@ -105,7 +106,8 @@ class ClipSpill:
         return rel
 
     def _dump(self, rel: str, value: Any) -> str:
-        path = self.out.local_path(rel)
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
             pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -115,20 +117,20 @@ class ClipSpill:
     def forget(self, chunk: int, clip_id: str) -> None:
         """A kept clip whose record was lost: it is no longer final."""
         for rel in (final_name(chunk, clip_id), spill_name(chunk, clip_id)):
-            (self.out.staging / rel).unlink(missing_ok=True)
+            (self.root / rel).unlink(missing_ok=True)
 
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, pending: Future) -> Clip:
         """The clip a ``put`` wrote (waits for the write; raises what it raised)."""
-        with open(self.out.staging / pending.result(), "rb") as f:
+        with open(self.root / pending.result(), "rb") as f:
             return pickle.load(f)
 
     def restored(self, chunk: int) -> ChunkJournal:
         """The journal an earlier run left for ``chunk`` (empty when there is none). A kept clip
         counts as final only with its record beside it."""
         journal = ChunkJournal()
-        folder = self.out.staging / chunk_folder(chunk)
+        folder = self.root / chunk_folder(chunk)
         for path in sorted((folder / "plan").glob("*.pkl")):
             video, clips = _load(path)
             journal.plans[video.video_id] = (video, clips)
@@ -150,14 +152,16 @@ class ClipSpill:
 
     def drop_chunk(self, chunk: int) -> None:
         """The chunk is done: its journal and records go."""
-        shutil.rmtree(self.out.staging / chunk_folder(chunk), ignore_errors=True)
+        shutil.rmtree(self.root / chunk_folder(chunk), ignore_errors=True)
 
     def close(self) -> None:
         """Wait for the writes; unfinished chunks keep their folders for the next run."""
         self.pool.shutdown(wait=True)
-        root = self.out.staging / SPILL_DIR
+        root = self.root / SPILL_DIR
         if root.is_dir() and not any(root.iterdir()):
             os.rmdir(root)
+        if self.remote and self.root.is_dir() and not any(self.root.iterdir()):
+            os.rmdir(self.root)
 
 
 def _load(path: Path) -> Any:

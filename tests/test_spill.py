@@ -74,3 +74,31 @@ def test_an_unfinished_chunks_journal_is_taken_back_by_the_next_run(tmp_path: Pa
     assert len(again.restored(4)) == 0
     again.close()
     assert ClipSpill(out, held.pop, keep_chunks=[]).restored(3).finals == {}  # chunk 3 done since
+
+
+def test_a_remote_outputs_journal_outlives_the_run(tmp_path: Path, monkeypatch):
+    """A remote output stages in a new temporary folder each run; its journal is in a local folder
+    named after the output, so the next run over the same URI finds it."""
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("TH_JOURNAL_DIR", str(tmp_path / "journals"))
+    bucket = pafs.SubTreeFileSystem(str(tmp_path / "bucket"), pafs.LocalFileSystem())
+    (tmp_path / "bucket").mkdir()
+    first = OutputDir("out", filesystem=bucket)
+    held = {}
+    spill = ClipSpill(first, held.pop, keep_chunks=[3])
+    clip = finished_clip(5)
+    held[clip.clip_id] = clip
+    spill.put(clip.summary(), clip.clip_id)
+    spill.close()
+    first.close()
+    assert not first.staging.exists()
+
+    second = OutputDir("out", filesystem=bucket)
+    assert second.journal_root == first.journal_root and second.staging != first.staging
+    again = ClipSpill(second, held.pop, keep_chunks=[3])
+    assert list(again.restored(3).finals) == [clip.clip_id]
+    assert len(ClipSpill(OutputDir("other", filesystem=bucket), held.pop).restored(3)) == 0
+    again.drop_chunk(3)
+    again.close()
+    assert not second.journal_root.exists()
