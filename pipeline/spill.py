@@ -22,6 +22,7 @@ driver ran on: a rerun from another machine redoes unfinished chunks whole.
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import shutil
@@ -34,6 +35,8 @@ from pipeline.clip import Clip
 from pipeline.outdir import OutputDir
 
 SPILL_DIR = "spill"
+
+log = logging.getLogger(__name__)
 
 
 def chunk_folder(chunk: int) -> str:
@@ -93,11 +96,18 @@ class ClipSpill:
 
     def put_final(self, summary: Clip) -> Future:
         """Journal a rejected clip."""
-        return self.pool.submit(self._dump, final_name(summary.chunk, summary.clip_id), summary)
+        return self._journal(final_name(summary.chunk, summary.clip_id), summary)
 
     def put_plan(self, video: Clip, clips: list[Clip]) -> Future:
         """Journal a planned video with its candidate clips."""
-        return self.pool.submit(self._dump, plan_name(video.chunk, video.video_id), (video, clips))
+        return self._journal(plan_name(video.chunk, video.video_id), (video, clips))
+
+    def _journal(self, rel: str, value: Any) -> Future:
+        """A journal entry that fails to write (a full disk) costs only its redoing by a rerun."""
+        future = self.pool.submit(self._dump, rel, value)
+        future.add_done_callback(lambda f: f.exception() and log.warning(
+            "could not journal %s (a rerun will redo it): %s", rel, f.exception()))
+        return future
 
     def _write_kept(self, summary: Clip, ref: Any) -> str:
         rel = spill_name(summary.chunk, summary.clip_id)
