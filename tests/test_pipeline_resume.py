@@ -35,6 +35,15 @@ def synthetic_inputs(tmp_path: Path) -> Path:
     return write_list(tmp_path / "inputs.csv", rows)
 
 
+def job_and_reference(tmp_path: Path, videos_per_chunk: int) -> tuple[list[str], Path]:
+    """The job's arguments on two synthetic videos, and the output of an uninterrupted run."""
+    args = ["--input", str(synthetic_inputs(tmp_path)), "--random-weights", *TEST_OVERRIDES,
+            f"work.videos_per_chunk={videos_per_chunk}"]
+    reference = tmp_path / "reference"
+    assert main([*args, "--output", str(reference)]) == 0
+    return args, reference
+
+
 def kill_when(args: list[str], out: Path, tmp_path: Path, ready: Callable[[], bool]) -> None:
     """Run the job as users do, in its own process, and SIGKILL it once ``ready()``."""
     temp_dir = tempfile.mkdtemp(prefix="thk", dir="/tmp")  # short: Ray's socket paths must be short
@@ -68,11 +77,7 @@ def same_as(out: Path, reference: Path) -> None:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path: Path, media: Path, ray_session):  # noqa: F811
-    args = ["--input", str(synthetic_inputs(tmp_path)), "--random-weights", *TEST_OVERRIDES,
-            "work.videos_per_chunk=1"]
-    reference = tmp_path / "reference"
-    assert main([*args, "--output", str(reference)]) == 0
-
+    args, reference = job_and_reference(tmp_path, videos_per_chunk=1)
     resumed = tmp_path / "resumed"
     kill_when(args, resumed, tmp_path, lambda: bool(list((resumed / "done").glob("*.json"))))
     assert len(list((resumed / "done").glob("*.json"))) < 2, "killed too late to test resuming"
@@ -81,11 +86,7 @@ def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path: Path, media: P
 
 
 def test_a_run_killed_inside_a_chunk_keeps_its_final_clips(tmp_path: Path, media: Path, ray_session):  # noqa: F811
-    args = ["--input", str(synthetic_inputs(tmp_path)), "--random-weights", *TEST_OVERRIDES,
-            "work.videos_per_chunk=2"]
-    reference = tmp_path / "reference"
-    assert main([*args, "--output", str(reference)]) == 0
-
+    args, reference = job_and_reference(tmp_path, videos_per_chunk=2)
     resumed = tmp_path / "resumed"
     finals = resumed / "spill" / "chunk-000000" / "final"
     kill_when(args, resumed, tmp_path, lambda: bool(list(finals.glob("*.pkl"))))
