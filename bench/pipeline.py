@@ -34,7 +34,7 @@ Measures, on the real sample clips (synthesised ones when the media folder is ab
   weighs less.
 
 With ``--memory-minutes 5 60`` (alone; added to the result file as ``memory_vs_hours``): peak memory
-of the job on one real clip looped (stream copy, no re-encoding) to each length, one video and so
+of the job on the longest real clip looped (stream copy, no re-encoding) to each length, one video and so
 one chunk per run, clips of up to ``clips.max_len_s`` (60 s): a chunk's finished clips wait for
 the chunk on disk (``pipeline.spill``), so the peak should not follow the hours of the chunk.
 With ``--gpu`` the job runs on the whole machine with its own sizing. ``--head-only`` runs the job
@@ -266,7 +266,9 @@ def memory_vs_hours(source: Path, work: Path, minutes: list[float], gpu: bool, h
     """Peak memory of the job on ``source`` looped to each length (one video: one chunk); with
     ``head_only``, the job of ``bench/stand_in_models.py`` (models on each clip's first frames,
     outputs repeated to full length)."""
-    settings = ("clips.max_len_s=60", "clips.min_len_s=3", *(HEAD_ONLY_SIZING if head_only else ()))
+    # Shots on: a loop's seam is a cut where the face jumps, and a clip across it loses its track.
+    settings = ("shots.enabled=true", "clips.max_len_s=60", "clips.min_len_s=3",
+                *(HEAD_ONLY_SIZING if head_only else ()))
     script = ROOT / ("bench/stand_in_models.py" if head_only else "pipeline/build_shards.py")
     rows = []
     for length in minutes:
@@ -674,7 +676,8 @@ def main() -> None:
             kept = json.loads(out.read_text()) if out.exists() else {"bench": "pipeline"}
             kept["memory_vs_hours"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
                                        "device": torch.cuda.get_device_name() if args.gpu else "cpu",
-                                       **memory_vs_hours(videos[0], work, sorted(args.memory_minutes), args.gpu,
+                                       **memory_vs_hours(max(videos, key=lambda v: probe(str(v)).duration_s),
+                                                         work, sorted(args.memory_minutes), args.gpu,
                                                          args.head_only)}
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(kept, indent=2) + "\n")
