@@ -138,14 +138,22 @@ def identify(videos: list[InputVideo], recorded: dict[str, str] | None = None) -
     listed = {normalise_uri(v.source) for v in videos}
     taken = {vid for uri, vid in recorded.items() if uri in listed}  # a moved file takes its id back
     ids = dict(recorded)
+    next_copy: dict[str, int] = {}  # content id -> the copy number to try next (every lower one is taken)
     for (uri, _), vid in zip(unknown, found):
-        candidate, n = vid, 0
+        n = next_copy.get(vid, 0)
+        candidate = _copy_id(vid, n)
         while candidate in taken:
             n += 1
-            candidate = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{vid}:copy:{n}"))
+            candidate = _copy_id(vid, n)
+        next_copy[vid] = n + 1
         taken.add(candidate)
         ids[uri] = candidate
     return [replace(video, id=ids[normalise_uri(video.source)]) for video in videos]
+
+
+def _copy_id(content: str, n: int) -> str:
+    """The id of the n-th copy of a content (the 0th is the content id itself)."""
+    return content if n == 0 else str(uuid.uuid5(uuid.NAMESPACE_URL, f"{content}:copy:{n}"))
 
 
 def span_ms(seconds: float) -> int:

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import InputError, InputVideo, clip_id, list_inputs, normalise_uri, video_id
+from pipeline.inputs import InputError, InputVideo, clip_id, content_id, identify, list_inputs, normalise_uri, video_id
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_clip_id_rounds_to_milliseconds() -> None:
 
 def test_content_id_follows_the_bytes_not_the_place(tmp_path: Path) -> None:
     """Moved, a file keeps its id; a change in its first 256 KiB, or in its size, gives another; a plan's recorded id wins over the content; copies in one input stay two videos."""
-    from pipeline.inputs import FINGERPRINT_BYTES, content_id, identify
+    from pipeline.inputs import FINGERPRINT_BYTES
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, 3 * FINGERPRINT_BYTES, dtype=np.uint8).tobytes()
@@ -150,3 +150,21 @@ def test_content_id_follows_the_bytes_not_the_place(tmp_path: Path) -> None:
     assert [(v.source, v.id) for v in videos] == [(str(b), copy), (str(a), content_id(str(a))),
                                                   (str(small), "recorded-id")]
     assert videos[1].video_id == content_id(str(a))
+
+
+def test_many_identical_files_get_their_copy_ids_in_linear_time(tmp_path):
+    """A dataset dump with 20,000 copies of one file: each copy's id is the next free copy number
+    (a moved copy keeps the id a plan recorded), found without trying every lower number again."""
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    for i in range(20_000):
+        (folder / f"v{i:05d}.mp4").write_bytes(b"the same bytes")
+    videos = [InputVideo(str(p)) for p in sorted(folder.iterdir())]
+    content = content_id(videos[0].source)
+    taken = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{content}:copy:2"))
+    moved = tmp_path / "moved.mp4"
+    moved.write_bytes(b"the same bytes")
+    ids = [v.id for v in identify([*videos, InputVideo(str(moved))], {normalise_uri(str(moved)): taken})]
+    expected = [content] + [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{content}:copy:{n}"))
+                            for n in (1, *range(3, 20_001))]
+    assert ids == [*expected, taken]
