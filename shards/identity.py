@@ -14,8 +14,9 @@ The mean squared distance between all pairs of two groups is ``|mean_a - mean_b|
 sum and sum of squared norms, without visiting the pairs. Which groups to compare comes from a
 nearest-neighbour index (``shards.neighbours``): each video's ``NEIGHBOURS`` nearest videos
 closer than the threshold propose a merge of their groups, and a merged group inherits both
-groups' proposals. A video still alone at the end follows its nearest video within the threshold
-(a person's hardest video is often nearest to one of their others while too far from the group).
+groups' proposals. A video still alone at the end follows its nearest video within ``ATTACH``
+times the threshold (a person's hardest video is often nearest to one of their others while too
+far from the group).
 
 Groups are assigned once and kept: a grown input never moves a video that already has a group.
 Known videos (assigned earlier, or with a ``speaker``) form their groups as given; two known groups

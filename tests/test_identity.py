@@ -67,7 +67,7 @@ def test_new_videos_join_the_closest_known_group_and_known_groups_stay():
 
 @pytest.mark.parametrize("exact_up_to", [10_000, 100])
 def test_neighbours_match_brute_force(monkeypatch, exact_up_to):
-    """The exact index, and the inverted-file index used above ``EXACT_UP_TO`` references, find
+    """The exact index, and the graph index used above ``EXACT_UP_TO`` references, find
     the close pairs all-pairs distances find (clustered points, as faces are)."""
     from shards import neighbours
 
