@@ -143,7 +143,7 @@ def nearest_own(person: np.ndarray, points: np.ndarray, batch: int = 1024) -> np
     return own
 
 
-def stranger_floor(person: np.ndarray, points: np.ndarray, distances: np.ndarray, rows: np.ndarray,
+def nearer_a_stranger(person: np.ndarray, points: np.ndarray, distances: np.ndarray, rows: np.ndarray,
                    val_fraction: float) -> dict[str, float | int]:
     """People owning a video nearer a stranger's video than any of their own (``points`` the
     pooled embeddings, ``distances`` / ``rows`` each video's nearest videos as the grouping's index
@@ -178,7 +178,7 @@ def run_world(spec: str, threshold: float | None, seed: int) -> dict:
               "seconds": round(seconds, 2), "peak_memory_mb": round(memory.added_mb, 1),
               "input_mb": round(world.frames.nbytes / 2**20, 1)}
     del groups, new
-    result.update(stranger_floor(world.person, pooled(list(world.frames)), *seen.found, VAL_FRACTION))
+    result.update(nearer_a_stranger(world.person, pooled(list(world.frames)), *seen.found, VAL_FRACTION))
     result["goals"] = goals(result)
     return result
 
