@@ -38,6 +38,7 @@ NOT_OUTPUT = frozenset({
     "models.motion_extractor.batch_size", "filters.sync.batch_size",
 })
 WEIGHTS_PREFIX = "weights_hash."
+IDENTITY_THRESHOLD = "identity.threshold"
 
 
 class FingerprintError(ValueError):
@@ -66,6 +67,8 @@ def output_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for section in OUTPUT_SECTIONS:
         if section in cfg:
             _flatten(cfg[section], section, flat)
+    if flat.get(IDENTITY_THRESHOLD, "absent") is None:
+        flat[IDENTITY_THRESHOLD] = resolved_identity_threshold(flat.get("identity.backend"))
     for key in list(flat):
         parts = key.split(".")
         if key in NOT_OUTPUT:
@@ -74,6 +77,14 @@ def output_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 and cfg["filters"][parts[1]].get("mode", "drop") != "drop":
             del flat[key]
     return flat
+
+
+def resolved_identity_threshold(backend: Any) -> float | None:
+    """``identity.threshold: null`` as applied: the backend's default grouping threshold, so that a
+    default changed by a later version counts as a change (None for ``identity.backend=none``)."""
+    from models.face_identity import BACKEND_MODELS, identity_threshold  # the driver's only use of it
+
+    return identity_threshold(backend) if backend in BACKEND_MODELS else None
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -117,6 +128,11 @@ def check_settings(out: OutputDir, cfg: Mapping[str, Any], adopt: Mapping[str, A
             stored = {"settings": output_settings(adopt), "adopted_from": "config.yaml"}
         else:
             stored = {"settings": current}
+    if stored["settings"].get(IDENTITY_THRESHOLD, "absent") is None and current[IDENTITY_THRESHOLD] is not None:
+        # fingerprints written before the default was resolved recorded null: take today's
+        log.warning("the output's fingerprint records %s as the backend's default; taking %r",
+                    IDENTITY_THRESHOLD, current[IDENTITY_THRESHOLD])
+        stored = {**stored, "settings": {**stored["settings"], IDENTITY_THRESHOLD: current[IDENTITY_THRESHOLD]}}
     diffs = differences(stored["settings"], current)
     if diffs:
         raise refusal(out, diffs)

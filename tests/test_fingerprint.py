@@ -114,3 +114,23 @@ def test_rerun_refused_on_a_changed_setting_and_accepted_on_a_run_setting(tmp_pa
     assert len(later) == 1 and "max_attempts: 3" in later[0].read_text()
     videos_table, clips = manifests(out)
     assert len(videos_table) == 2 and sum(c["kept"] for c in clips) == 2
+
+
+def test_the_identity_threshold_counts_as_applied(tmp_path: Path):
+    """``identity.threshold: null`` is recorded as the backend's default, so a default changed by a
+    later version is refused like any other change; a fingerprint that recorded null takes today's."""
+    from shards.identity import GROUP_THRESHOLDS
+
+    default = GROUP_THRESHOLDS["dlib_resnet128"]
+    assert settings()["identity.threshold"] == default
+    assert settings(f"identity.threshold={default}") == settings()
+    assert settings("identity.backend=none")["identity.threshold"] is None
+    assert settings("identity.backend=insightface")["identity.threshold"] == GROUP_THRESHOLDS["insightface_w600k_r50"]
+
+    out = OutputDir(tmp_path / "out")
+    cfg = to_dict(load_config("pipeline"))
+    fingerprint.write(out, {**settings(), "identity.threshold": default + 0.1}, None)
+    with pytest.raises(fingerprint.FingerprintError, match=r"identity\.threshold"):
+        fingerprint.check_settings(out, cfg, None)
+    fingerprint.write(out, {**settings(), "identity.threshold": None}, None)  # an older fingerprint
+    assert fingerprint.check_settings(out, cfg, None)["settings"]["identity.threshold"] == default
