@@ -82,7 +82,7 @@ def output_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def resolved_identity_threshold(backend: Any) -> float | None:
     """``identity.threshold: null`` as applied: the backend's default grouping threshold, so that a
     default changed by a later version counts as a change (None for ``identity.backend=none``)."""
-    from models.face_identity import BACKEND_MODELS, identity_threshold  # the driver's only use of it
+    from models.face_identity import BACKEND_MODELS, identity_threshold  # OpenCV and dlib: only when needed
 
     return identity_threshold(backend) if backend in BACKEND_MODELS else None
 
@@ -128,7 +128,7 @@ def check_settings(out: OutputDir, cfg: Mapping[str, Any], adopt: Mapping[str, A
             stored = {"settings": output_settings(adopt), "adopted_from": "config.yaml"}
         else:
             stored = {"settings": current}
-    if stored["settings"].get(IDENTITY_THRESHOLD, "absent") is None and current[IDENTITY_THRESHOLD] is not None:
+    if stored["settings"].get(IDENTITY_THRESHOLD, "absent") is None and current.get(IDENTITY_THRESHOLD) is not None:
         # fingerprints written before the default was resolved recorded null: take today's
         log.warning("the output's fingerprint records %s as the backend's default; taking %r",
                     IDENTITY_THRESHOLD, current[IDENTITY_THRESHOLD])

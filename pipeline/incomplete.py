@@ -2,9 +2,10 @@
 
 A chunk with such an item gets no done file: the next run redoes those items, takes the rest
 back from the chunk's journal (``pipeline.spill``), and since a chunk's outputs depend only on its
-inputs and settings (shards in a fixed order), writes the chunk a clean run writes. What failed is kept in ``OUT/incomplete/chunk-NNNNNN.json`` (one item per
-line of its ``items``: step, source, span, error kind, error, attempts) for the run's summary and
-the audit, and removed once the chunk is done. Nothing of an incomplete chunk is rejected for it.
+inputs and settings (shards in a fixed order), writes the chunk a clean run writes. What failed
+is kept in ``OUT/incomplete/chunk-NNNNNN.json`` (one item per line of its ``items``: step, source,
+span, error kind, error, attempts) for the run's summary and the audit, and removed once the
+chunk is done. Nothing of an incomplete chunk is rejected for it.
 """
 from __future__ import annotations
 
