@@ -46,7 +46,8 @@ from configs import load_config, save_config, to_dict  # noqa: E402
 from configs.ray_session import (ADDRESS_ENV, DEFAULT_CONNECT_TIMEOUT_S, RayAddressError,  # noqa: E402
                                  address_from_environment, join_cluster, start_local)
 from pipeline.identity_guard import GroupShareError  # noqa: E402
-from pipeline.inputs import endpoint_settings, list_inputs  # noqa: E402
+from pipeline.inputs import InputError, endpoint_settings, list_inputs  # noqa: E402
+from pipeline.speaker_pattern import label_speakers  # noqa: E402
 from pipeline.manifest_writer import CLIPS_FILE, VIDEOS_FILE, RunMeta, consolidate  # noqa: E402
 from manifests import thresholds  # noqa: E402
 from pipeline import demo  # noqa: E402
@@ -438,7 +439,7 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
         # planned videos and final clips this run took back from the journal of unfinished chunks
         "resumed": this_run.get("resumed", {"videos": 0, "clips": 0}),
         "driver": driver_usage(),
-        "split": split_figures(cfg, clips),
+        "split": {**split_figures(cfg, clips), "speaker_pattern": this_run.get("speaker_pattern")},
     }
     not_done = [c.index for c in chunks if c.index not in done]
     if not_done:
@@ -512,7 +513,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
     try:
         spec = (demo.demo_input(out.local_path(demo.LIST_NAME).parent, float(cfg.split.val_fraction))
                 if args.demo else args.input)
-        videos = list_inputs(spec)
+        videos, speakers = label_speakers(list_inputs(spec), cfg.split.get("speaker_pattern"), str(spec))
         # Before anything is written: a changed setting would mix two datasets in one output.
         settings = fingerprint.check_settings(out, to_dict(cfg), stored_config(out), store=False)
         plan = make_plan(out, videos, int(cfg.work.videos_per_chunk))
@@ -538,6 +539,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
             this_run = {}
         this_run["argv"] = getattr(args, "argv", None)
         this_run["planning_s"] = planning_s
+        this_run["speaker_pattern"] = speakers.as_dict() if speakers else None
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)
@@ -562,7 +564,8 @@ def main(argv: Sequence[str] | None = None, workers: tuple[type, type] | None = 
                       "filters.quality.metric=piqe filters.quality.threshold=60 (--random-weights builds "
                       "Q-Align's architecture with random weights: speed runs only)")
         return 2
-    except (SizingError, RayAddressError, PlacementError, fingerprint.FingerprintError, GroupShareError) as exc:
+    except (InputError, SizingError, RayAddressError, PlacementError, fingerprint.FingerprintError,
+            GroupShareError) as exc:
         log.error("%s", exc)
         return 2
     if result and result.get("incomplete"):

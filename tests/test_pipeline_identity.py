@@ -68,3 +68,21 @@ def test_guard_stops_before_anything_is_written(folder: Path, tmp_path: Path, ca
     # The user who knows the footage is two people raises the limit.
     assert main([*argv, "identity.max_group_share=0.7"]) == 0
     assert run_json(out)["split"]["groups"] == 2
+
+
+def test_speakers_read_from_paths_decide_the_split(folder: Path, tmp_path: Path, ray_session):  # noqa: F811
+    """``split.speaker_pattern`` labels the two d14 cuts from their names; the d20 cut, unmatched,
+    keeps its face group; the labels reach the manifests, the split groups and run.json."""
+    out = tmp_path / "out"
+    assert main(["--input", str(folder), "--output", str(out), "--random-weights", *TEST_OVERRIDES,
+                 "identity.frames=2", r"split.speaker_pattern=^(?P<speaker>d\d+)_"]) == 0
+    videos, clips = manifests(out)
+    speaker = {Path(v["source"]).name: v["speaker"] for v in videos}
+    assert speaker == {"d14_a.mp4": "d14", "d14_b.mp4": "d14", "d20.mp4": None}
+    groups = {Path(c["source"]).name: c["split_group"] for c in clips}
+    assert groups["d14_a.mp4"] == groups["d14_b.mp4"] == "speaker:d14"
+    assert groups["d20.mp4"].startswith("face:")
+    assert all(c["speaker"] == speaker[Path(c["source"]).name] for c in clips)
+    split = run_json(out)["split"]
+    assert split["groups"] == 2
+    assert split["speaker_pattern"] == {"pattern": r"^(?P<speaker>d\d+)_", "matched": 2, "listed": 0, "unmatched": 1}
