@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from manifests.schema import CLIPS, SCHEMA_VERSION, SCORE_COLUMNS, VIDEOS
 from pipeline.clip import Clip
@@ -19,6 +20,11 @@ from pipeline.outdir import OutputDir, part_name
 
 VIDEOS_FILE = "manifests/videos.parquet"
 CLIPS_FILE = "manifests/clips.parquet"
+# JSON that repeats one value per run on every clip row (the thresholds alone about 1.5 kB a
+# row): gathered dictionary-encoded, so the driver holds each distinct value once instead of
+# once per clip, and turned back into plain strings one row group at a time as the file is written.
+REPEATED_COLUMNS = ("thresholds", "model_ids", "weight_hashes")
+ROW_GROUP_ROWS = 16_384
 
 
 @dataclass(frozen=True)
@@ -98,16 +104,37 @@ def with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def gathering_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with its ``REPEATED_COLUMNS`` dictionary-encoded."""
+    for name in REPEATED_COLUMNS:
+        if name in schema.names:
+            schema = schema.set(schema.get_field_index(name), pa.field(name, pa.dictionary(pa.int32(), pa.string())))
+    return schema
+
+
+def write_manifest(out: OutputDir, rel: str, table: pa.Table, schema: pa.Schema) -> None:
+    """``table`` written as ``schema`` (plain strings), ``ROW_GROUP_ROWS`` rows at a time."""
+    schema = schema.with_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, schema) as writer:
+        for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+            part = table.slice(start, ROW_GROUP_ROWS).cast(schema.remove_metadata())
+            writer.write_table(part.replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP_ROWS)
+    out.write_bytes(rel, sink.getvalue().to_pybytes())
+
+
 def consolidate(out: OutputDir, chunks: list[int]) -> tuple[pa.Table, pa.Table]:
-    """Gather the parts of ``chunks`` into the two manifests, sorted, and write them."""
+    """Gather the parts of ``chunks`` into the two manifests, sorted, and write them. The returned
+    tables hold ``REPEATED_COLUMNS`` dictionary-encoded; the files hold plain strings."""
     tables = {}
     for name, schema, keys in (("videos", VIDEOS, ["source"]),
                                ("clips", CLIPS, ["source", "start_s", "end_s"])):
-        parts = [with_columns(out.read_parquet(part_name(c, name)), schema).select(schema.names).cast(schema)
-                 for c in chunks]
-        table = pa.concat_tables(parts) if parts else schema.empty_table()
+        gathering = gathering_schema(schema)
+        repeated = tuple(c for c in REPEATED_COLUMNS if c in schema.names)
+        parts = [with_columns(out.read_parquet(part_name(c, name), repeated), gathering)
+                 .select(schema.names).cast(gathering) for c in chunks]
+        table = pa.concat_tables(parts).unify_dictionaries() if parts else gathering.empty_table()
         table = table.sort_by([(k, "ascending") for k in keys])
-        table = table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
-        out.write_parquet(VIDEOS_FILE if name == "videos" else CLIPS_FILE, table)
-        tables[name] = table
+        write_manifest(out, VIDEOS_FILE if name == "videos" else CLIPS_FILE, table, schema)
+        tables[name] = table.replace_schema_metadata({b"schema_version": str(SCHEMA_VERSION).encode()})
     return tables["videos"], tables["clips"]

@@ -115,15 +115,17 @@ class OutputDir:
         pq.write_table(table, sink)
         self.write_bytes(rel, sink.getvalue().to_pybytes())
 
-    def read_parquet(self, rel: str) -> pa.Table:
+    def read_parquet(self, rel: str, dictionary: tuple[str, ...] = ()) -> pa.Table:
         """The whole Parquet file, read by ``ParquetFile`` rather than ``pq.read_table``: the
         latter's dataset scanner, given an in-memory source, can leave work on Arrow's threads
         after it returns, and when the process exits meanwhile it aborts (apache/arrow#33975),
         which failed job drivers that had written everything (SIGABRT in about a third of
         short-lived processes here; none with ``ParquetFile``). It also decodes on the calling
         thread, so no work is left on Arrow's pool at all: with the pool, one process in 12 of a
-        loaded test run still aborted at exit (manifests are small; one thread reads them fast)."""
-        return pq.ParquetFile(pa.BufferReader(self.read_bytes(rel))).read(use_threads=False)
+        loaded test run still aborted at exit (manifests are small; one thread reads them fast).
+        ``dictionary``: string columns to read dictionary-encoded."""
+        parquet = pq.ParquetFile(pa.BufferReader(self.read_bytes(rel)), read_dictionary=list(dictionary) or None)
+        return parquet.read(use_threads=False)
 
     def exists(self, rel: str) -> bool:
         if not self.remote:

@@ -19,6 +19,7 @@ from pipeline.chunk_writer import write_chunk
 from pipeline.clip import Clip, VideoInfo
 from configs import load_config, to_dict
 from pipeline.inputs import InputVideo, content_id, video_id
+from pipeline import manifest_writer
 from pipeline.manifest_writer import RunMeta, clip_row, consolidate, video_row, write_parts
 from pipeline.outdir import OutputDir, part_name
 from pipeline.plan import PLAN_SCHEMA, plan_chunks
@@ -219,7 +220,8 @@ def test_running_moments_match_numpy():
     assert moments.n == len(every)
 
 
-def test_manifest_parts_consolidate_sorted_with_schema(tmp_path: Path):
+def test_manifest_parts_consolidate_sorted_with_schema(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(manifest_writer, "ROW_GROUP_ROWS", 3)  # 4 clips: written as two row groups
     out = OutputDir(tmp_path)
     meta = RunMeta({"sync": {"min_conf": 4}}, {"motion": "lp"}, {"motion": "random"}, True)
     rows = {}
@@ -236,9 +238,15 @@ def test_manifest_parts_consolidate_sorted_with_schema(tmp_path: Path):
     assert videos.column("source").to_pylist() == ["/a.mp4", "/b.mp4"]
     assert videos.column("n_kept").to_pylist() == [1, 1]
     assert clips.column("start_s").to_pylist() == [0.0, 2.0, 0.0, 2.0]
-    assert clips.schema.equals(CLIPS)
-    table = pq.read_table(tmp_path / "manifests" / "clips.parquet")
+    # the driver holds the JSON repeated on every row once per distinct value; the file, plain strings
+    assert clips.schema.equals(manifest_writer.gathering_schema(CLIPS))
+    assert clips.column("thresholds").combine_chunks().dictionary.to_pylist() == [json.dumps(meta.thresholds)]
+    parquet = pq.ParquetFile(tmp_path / "manifests" / "clips.parquet")
+    assert parquet.num_row_groups == 2
+    table = parquet.read()
+    assert table.schema.remove_metadata().equals(CLIPS)
     assert table.schema.metadata[b"schema_version"] == str(SCHEMA_VERSION).encode()
+    assert table.to_pylist() == clips.cast(CLIPS).to_pylist()
     first = table.to_pylist()[0]
     assert first["stage"] == "sync" and first["reason"] == "low_sync_conf" and not first["kept"]
     assert first["score_sync_conf"] == 1.5 and first["score_quality"] is None
