@@ -40,6 +40,7 @@ def check_group_share(cfg: Mapping[str, Any], groups: Mapping[str, str]) -> dict
             f"(identity.max_group_share={limit:g}): faces of different people were chained into one "
             f"group, which would put nearly every video on the same side of the split; nothing was "
             f"written. Use identity.backend=insightface (ArcFace), a stricter identity.threshold, "
-            f"speaker labels in the input list, or identity.backend=none; if the footage really is a "
+            f"speaker labels (a speaker column in the input list, or split.speaker_pattern to read them "
+            f"from the paths), or identity.backend=none; if the footage really is a "
             f"few people, raise identity.max_group_share")
     return sizes

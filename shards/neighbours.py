@@ -22,7 +22,8 @@ import numpy as np
 EXACT_UP_TO = 120_000
 LINKS = 32           # HNSW's M: links a node keeps (more: better recall, more memory and time)
 BUILD_DEPTH = 64     # HNSW's efConstruction: candidates kept while linking a node
-SEARCH_DEPTH = 64    # HNSW's efSearch: candidates kept while searching (at least k)
+SEARCH_DEPTH = 256   # HNSW's efSearch: candidates kept while searching (at least k); fewer
+                     # miss neighbours, and a missed one can leave a video with a stranger
 
 
 def _graph_index(references: np.ndarray, k: int) -> faiss.Index:
