@@ -15,8 +15,9 @@ sum and sum of squared norms, without visiting the pairs. Which groups to compar
 nearest-neighbour index (``shards.neighbours``): each video's ``NEIGHBOURS`` nearest videos
 closer than the threshold propose a merge of their groups, and a merged group inherits both
 groups' proposals. A video still alone at the end follows its nearest video within ``ATTACH``
-times the threshold (a person's hardest video is often nearest to one of their others while too
-far from the group).
+times the threshold, or, within ``AGREE_REACH`` times, the group holding all of its ``AGREE``
+nearest videos (a person's hardest video is often nearest to their others while too far from
+the group).
 
 Groups are assigned once and kept: a grown input never moves a video that already has a group.
 Known videos (assigned earlier, or with a ``speaker``) form their groups as given; two known groups
@@ -47,6 +48,10 @@ NEIGHBOURS = 10  # merges proposed per video: a person's other videos, plus room
 # same-person threshold for frames (two real people in our media are 0.65-0.69 apart, and a
 # lone video beyond 0.6 must not follow a stranger in a small input); ArcFace 1.32.
 ATTACH = 1.2
+# ... or, farther, the group that holds all of its 3 nearest videos when they lie within 1.4 x the
+# threshold (dlib 0.7): one look-alike can be nearest by chance, three videos of one group rarely
+# are, and a group of fewer than 3 videos (a small input's other person) never qualifies.
+AGREE, AGREE_REACH = 3, 1.4
 BLOCK = 2048  # rows of a distance block in ``nearest`` (2048 x 2048 float32 = 16 MB)
 
 
@@ -134,13 +139,15 @@ class _UnionFind:
 
 
 def assign_groups(new: Mapping[str, np.ndarray], known: Mapping[str, tuple[str, np.ndarray]],
-                  threshold: float, *, neighbours: int = NEIGHBOURS, attach: float = ATTACH) -> dict[str, str]:
+                  threshold: float, *, neighbours: int = NEIGHBOURS, attach: float = ATTACH,
+                  agree: int = AGREE, agree_reach: float = AGREE_REACH) -> dict[str, str]:
     """Groups of the ``new`` videos (video id -> (K, D) embeddings, K may be 0).
 
     ``known``: video id -> (group, (K, D) embeddings) of videos whose group is fixed (assigned
     earlier, or given by a speaker label). A new video without embeddings is its own group.
     ``neighbours``: merges each video proposes (its nearest videos closer than ``threshold``);
-    ``attach``: a video left alone joins its nearest video's group within ``attach * threshold``.
+    ``attach``: a video left alone joins its nearest video's group within ``attach * threshold``,
+    or, farther, the group holding all of its ``agree`` nearest videos within ``agree_reach * threshold``.
     """
     ids = sorted(new)
     faced = [vid for vid in ids if len(new[vid])]
@@ -215,9 +222,10 @@ def assign_groups(new: Mapping[str, np.ndarray], known: Mapping[str, tuple[str, 
         queue_closest(a)
 
     # A video left alone follows its nearest video when that is within ``attach`` x the threshold,
-    # to its group (or to where that video goes, if it is alone too): a person's hardest video
-    # (dark, blurred, turned away) can be farther from their other videos than the group linkage
-    # allows, yet nearest to one of them. Each lone video follows one pointer and groups follow
+    # to its group (or to where that video goes, if it is alone too), or when its ``agree`` nearest
+    # videos all belong to that group within ``agree_reach`` x the threshold: a person's hardest
+    # video (dark, blurred, turned away) can be farther from their other videos than the group
+    # linkage allows, yet nearest to them. Each lone video follows one pointer and groups follow
     # none, so the pointers form trees that each end at one group (or at two lone videos nearest
     # to each other): no group grows by more than the lone videos nearest to it.
     roots = np.asarray([groups.find(n_known + q) for q in range(len(faced))], np.int64)
@@ -225,6 +233,9 @@ def assign_groups(new: Mapping[str, np.ndarray], known: Mapping[str, tuple[str, 
     first = np.argmax(owner[np.maximum(rows[alone], 0)] != (n_known + alone)[:, None], axis=1)
     hit = rows[alone, first]
     near = (hit >= 0) & (distances[alone, first] < attach * threshold)
+    if agree:  # its nearest other video is then one of the group's
+        near |= _unanimous(groups, owner, rows[alone], distances[alone], n_known + alone, agree,
+                           agree_reach * threshold)
     follow = _UnionFind(len(means))
     for q, h in zip(alone[near].tolist(), hit[near].tolist()):
         follow.union(int(roots[q]), groups.find(int(owner[h])))
@@ -237,6 +248,22 @@ def assign_groups(new: Mapping[str, np.ndarray], known: Mapping[str, tuple[str, 
         name = known_names[root] if root < n_known else identity_group(min(vids))
         result.update({vid: name for vid in vids})
     return result
+
+
+def _unanimous(groups: _Groups, owner: np.ndarray, rows: np.ndarray, distances: np.ndarray,
+               nodes: np.ndarray, count: int, reach: float) -> np.ndarray:
+    """Per lone node (``rows``/``distances``: its nearest videos), whether its ``count`` nearest
+    other videos all lie within ``reach`` and all belong to one group."""
+    other = (rows >= 0) & (owner[np.maximum(rows, 0)] != nodes[:, None])
+    order = np.argsort(~other, axis=1, kind="stable")[:, :count]  # the first ``count`` others, nearest first
+    if order.shape[1] < count:
+        return np.zeros(len(rows), bool)
+    picked = np.take_along_axis(rows, order, axis=1)
+    ok = np.take_along_axis(other, order, axis=1).all(axis=1)
+    ok &= np.take_along_axis(distances, order, axis=1).max(axis=1) < reach
+    roots = np.asarray([[groups.find(int(owner[max(h, 0)])) for h in row] for row in picked[ok]], np.int64)
+    ok[np.flatnonzero(ok)] = (roots == roots[:, :1]).all(axis=1) if len(roots) else False
+    return ok
 
 
 def squared_distances(block: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:

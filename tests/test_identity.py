@@ -44,6 +44,22 @@ def test_average_linkage_does_not_chain():
     assert groups["l0"] != groups["r0"]  # the look-alikes go to one side or the other
 
 
+def test_a_lone_video_follows_the_group_that_holds_its_three_nearest_videos():
+    # dlib's grouping threshold 0.5: a lone video follows its nearest video within 0.6, or the
+    # group of its 3 nearest videos when all lie within 0.7.
+    person = {f"a{i}": unit(0.02 * i, 0) for i in range(3)}
+    hard = unit(0.02, 0.65)  # 0.65 from each of the person's videos
+    assert len(set(assign_groups({**person, "hard": hard}, {}, 0.5).values())) == 1
+    # Beside only two videos of one group (a small input's other person, 0.65-0.69 away in our
+    # media) it stays alone.
+    two = assign_groups({"a0": person["a0"], "a1": person["a1"], "hard": hard}, {}, 0.5)
+    assert two["hard"] == identity_group("hard") and two["a0"] == two["a1"]
+    # Its three nearest in two groups: alone.
+    other = {f"b{i}": unit(1.3 + 0.02 * i, 0) for i in range(3)}
+    split = assign_groups({**person, **other, "hard": unit(0.66, 0)}, {}, 0.5)
+    assert split["hard"] == identity_group("hard") and split["a0"] != split["b0"]
+
+
 def test_a_video_is_pooled_from_its_frames():
     frames = np.asarray([[0, 0], [0.2, 0], [0.4, 0], [9, 9]], np.float32)  # one stray frame
     np.testing.assert_allclose(pooled([frames])[0], frames.mean(axis=0))
