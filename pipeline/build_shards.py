@@ -34,6 +34,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from dataclasses import asdict  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -539,7 +540,7 @@ def run(args: argparse.Namespace, workers: tuple[type, type] | None = None) -> d
             this_run = {}
         this_run["argv"] = getattr(args, "argv", None)
         this_run["planning_s"] = planning_s
-        this_run["speaker_pattern"] = speakers.as_dict() if speakers else None
+        this_run["speaker_pattern"] = asdict(speakers) if speakers else None
         result = finalize(cfg, out, chunks, time.monotonic() - start, this_run)
         for line in summary_lines(result):
             log.info("%s", line)

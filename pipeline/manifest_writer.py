@@ -118,8 +118,7 @@ def write_manifest(out: OutputDir, rel: str, table: pa.Table, schema: pa.Schema)
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, schema) as writer:
         for start in range(0, table.num_rows, ROW_GROUP_ROWS):
-            part = table.slice(start, ROW_GROUP_ROWS).cast(schema.remove_metadata())
-            writer.write_table(part.replace_schema_metadata(schema.metadata), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(table.slice(start, ROW_GROUP_ROWS).cast(schema), row_group_size=ROW_GROUP_ROWS)
     out.write_bytes(rel, sink.getvalue().to_pybytes())
 
 

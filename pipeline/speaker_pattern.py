@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from urllib.parse import unquote
 
 import pyarrow.fs as pafs
@@ -33,10 +33,6 @@ class SpeakerCounts:
     matched: int     # videos labelled from their path
     listed: int      # videos the input list already labelled (kept)
     unmatched: int   # videos the pattern did not match (face identity decides their group)
-
-    def as_dict(self) -> dict[str, object]:
-        return {"pattern": self.pattern, "matched": self.matched, "listed": self.listed,
-                "unmatched": self.unmatched}
 
 
 def compile_pattern(pattern: object) -> re.Pattern[str]:
@@ -87,18 +83,17 @@ def label_speakers(videos: list[InputVideo], pattern: str | None,
     for video in videos:
         if video.speaker:
             listed += 1
-            labelled.append(video)
-            continue
-        path = relative_path(video.source, root)
-        speaker = speaker_of(path, regex)
-        if speaker is None:
-            unmatched += 1
-            if len(unmatched_examples) < 3:
-                unmatched_examples.append(path)
-            labelled.append(video)
         else:
-            matched += 1
-            labelled.append(replace(video, speaker=speaker))
+            path = relative_path(video.source, root)
+            speaker = speaker_of(path, regex)
+            if speaker is None:
+                unmatched += 1
+                if len(unmatched_examples) < 3:
+                    unmatched_examples.append(path)
+            else:
+                matched += 1
+                video = replace(video, speaker=speaker)
+        labelled.append(video)
     counts = SpeakerCounts(pattern, matched, listed, unmatched)
     log.info("split.speaker_pattern %r: %d videos labelled from their path, %d labelled by the list, "
              "%d not matched", pattern, matched, listed, unmatched)

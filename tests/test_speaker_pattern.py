@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def test_voxceleb_layout_gives_the_same_speakers_wherever_the_folder_lives(tmp_p
     for root in (first, second, first.as_uri()):
         videos, counts = label_speakers(list_inputs(root), r"^(id\d+)/", str(root))
         labels.append([v.speaker for v in videos])
-        assert counts.as_dict() == {"pattern": r"^(id\d+)/", "matched": 4, "listed": 0, "unmatched": 0}
+        assert asdict(counts) == {"pattern": r"^(id\d+)/", "matched": 4, "listed": 0, "unmatched": 0}
     assert labels[0] == labels[1] == labels[2] == ["id00012", "id00012", "id00015", "id10001"]
 
 
