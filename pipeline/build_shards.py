@@ -310,7 +310,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
             for actor in model_actors + cpu_actors:
                 ray.kill(actor)
             raise
-        waiting = ungrouped_chunks(chunks, identities, cfg.identity.backend not in ("none", None))
+        waiting = ungrouped_chunks(chunks, identities.groups, cfg.identity.backend not in ("none", None))
         for index, items in waiting.items():
             write_incomplete(out, index, items)
         pending = [c.index for c in chunks]  # their journals stay (pipeline.spill)
@@ -333,7 +333,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
                 fingerprint.check_weights(out, first.weight_hashes, done_hashes)
                 meta.append(first)
             done = write_chunk(out, state.chunk.index, state.videos, state.clips, fetch, meta[0], cfg,
-                               identities)
+                               identities.groups)
             clear_incomplete(out, state.chunk.index)
             spill.drop_chunk(state.chunk.index)
             log.info("chunk %d done: %d clips kept of %d", state.chunk.index, done["kept"], done["clips"])
@@ -341,7 +341,7 @@ def process_chunks(cfg: DictConfig, out: OutputDir, chunks: list[Chunk],
         # A clip record lost with its node may never come back: a bounded wait turns it into a
         # timeout, which the chunk writer treats as lost (the chunk prepares it again).
         spill = ClipSpill(out, lambda ref: ray.get(ref, timeout=SPILL_FETCH_TIMEOUT_S), pending)
-        scheduler = Scheduler(cfg, cpu, model, finish, progress, journal=spill)
+        scheduler = Scheduler(cfg, cpu, model, finish, progress, journal=spill, left_out=identities.left_out)
         try:
             scheduler.run(chunks)
             this_run["processing_s"] = time.monotonic() - started - this_run["startup_s"]
@@ -455,15 +455,19 @@ def finalize(cfg: DictConfig, out: OutputDir, chunks: list[Chunk], wall_s: float
 
 def split_figures(cfg: DictConfig, clips) -> dict[str, Any]:
     """How the split came out: the asked validation share, the share of kept clips and of videos
-    it reached, and the split groups over the videos (count, the largest one's share, sizes)."""
+    it reached, the split groups over the videos (count, the largest one's share, sizes), and
+    the videos left out of both splits (``pipeline.identity``)."""
     kept = clips.filter(clips.column("kept"))
-    group_of = dict(zip(clips.column("video_id").to_pylist(), clips.column("split_group").to_pylist()))
+    video_ids = clips.column("video_id").to_pylist()
+    left_out = {v for v, reason in zip(video_ids, clips.column("reason").to_pylist()) if reason == "ambiguous_identity"}
+    group_of = dict(zip(video_ids, clips.column("split_group").to_pylist()))
     groups = group_sizes({v: g for v, g in group_of.items() if g}, float(cfg.split.val_fraction))
     val_clips = kept.column("split").to_pylist().count("val")
     return {"val_fraction": float(cfg.split.val_fraction),
             "val_share_clips": val_clips / kept.num_rows if kept.num_rows else 0.0,
             "val_share_videos": groups.pop("val_share"),
-            "videos": groups.pop("members"), **groups}
+            "videos": groups.pop("members"), **groups,
+            "left_out_videos": len(left_out)}
 
 
 def up_to_date(out: OutputDir, chunks: list[Chunk]) -> bool:

@@ -15,6 +15,11 @@ group. A video that cannot be read, or shows no face, keeps its own group (``vid
 whose embedding failed for infrastructure reasons (a worker that died twice, a read that timed
 out: ``pipeline.faults``) is not stored and gets no group: its chunk waits for the next run.
 
+A video alone after the grouping whose face lies about as near to groups on both sides of the
+split (``shards.split.unsure_videos``) is left out of both: its clips are rejected with
+``identity/ambiguous_identity`` before any model sees them (``identity.ambiguous: keep`` keeps
+it in its group). The decision is stored with its group and kept on re-runs.
+
 Before anything is stored, ``pipeline.identity_guard`` logs the group size distribution and stops
 the run (``GroupShareError``, nothing written) when one face group holds more than
 ``identity.max_group_share`` of at least ``identity.guard_min_videos`` videos.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,13 +40,13 @@ from models.face_identity import BACKEND_MODELS, FaceEmbedder, identity_threshol
 from pipeline.decode import iter_video_chunks
 from pipeline.faults import transient_kind
 from pipeline.identity_guard import check_group_share
-from pipeline.inputs import InputVideo
+from pipeline.inputs import InputError, InputVideo
 from pipeline.outdir import OutputDir
 from pipeline.probe import probe
 from pipeline.stages.faces import embedder_for, working_size
 from shards.format import FPS
-from shards.identity import assign_groups
-from shards.split import split_group
+from shards.identity import group_videos
+from shards.split import split_group, unsure_videos
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,18 @@ IDENTITY_SCHEMA = pa.schema([
     ("n_faces", pa.int32()),             # embeddings stored (frames with a face)
     ("embeddings", pa.list_(pa.float32())),  # n_faces x D, flattened
     ("error", pa.string()),              # why the video has no embedding, else null
+    ("left_out", pa.string()),           # why the video is in neither split, else null
 ])
+AMBIGUOUS = ("leave_out", "keep")  # identity.ambiguous: what becomes of a video the split cannot place
+
+
+@dataclass
+class Identities:
+    """What the identity pass decided: video id -> split group, and video id -> why it is in
+    neither split (its clips are rejected with ``identity/ambiguous_identity``)."""
+
+    groups: dict[str, str] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 NO_EMBEDDING = np.zeros((0, 1), np.float32)  # a video with no face embedded
@@ -173,42 +190,53 @@ def embed_on_workers(workers: Sequence[Any], per_call: int, ready_timeout_s: flo
 
 
 def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[InputVideo],
-                    embed_many: EmbedMany | None = None) -> dict[str, str]:
-    """video id -> split group for ``videos`` (and every video grouped before), embedding and
-    grouping those not stored yet with ``embed_many`` (default: a ``VideoEmbedder`` in this
-    process); {} when ``identity.backend`` is ``none``."""
-    if cfg["identity"]["backend"] in ("none", None):
-        return {}
+                    embed_many: EmbedMany | None = None) -> Identities:
+    """The split groups of ``videos`` (and of every video grouped before), embedding and grouping
+    those not stored yet with ``embed_many`` (default: a ``VideoEmbedder`` in this process), and
+    the videos left out of both splits; nothing when ``identity.backend`` is ``none``."""
+    identity = cfg["identity"]
+    if identity["backend"] in ("none", None):
+        return Identities()
+    ambiguous = identity.get("ambiguous", "leave_out")
+    if ambiguous not in AMBIGUOUS:
+        raise InputError(f"identity.ambiguous must be one of {', '.join(AMBIGUOUS)}, got {ambiguous!r}")
     stored = read_identities(out)
-    groups = {row["video_id"]: row["group"] for row in stored}
-    new = sorted({v.video_id: v for v in videos if v.video_id not in groups}.items())
+    done = Identities({row["video_id"]: row["group"] for row in stored},
+                      {row["video_id"]: row["left_out"] for row in stored if row.get("left_out")})
+    new = sorted({v.video_id: v for v in videos if v.video_id not in done.groups}.items())
     if not new:
-        return groups
+        return done
     log.info("identity pass: embedding faces of %d new videos", len(new))
     sources = [v.source for _, v in new]
     results = embed_many(sources) if embed_many is not None else VideoEmbedder(cfg).many(sources)
     if len(results) != len(sources):
         raise RuntimeError(f"identity pass: {len(results)} results for {len(sources)} videos")
-    backend = BACKEND_MODELS[cfg["identity"]["backend"]]
-    threshold = identity_threshold(cfg["identity"]["backend"], cfg["identity"].get("threshold"))
+    backend = BACKEND_MODELS[identity["backend"]]
+    threshold = identity_threshold(identity["backend"], identity.get("threshold"))
     known = {row["video_id"]: (row["group"], _embeddings(row)) for row in stored}
     labelled = {vid: (split_group(v.speaker, vid), emb) for (vid, v), (emb, _) in zip(new, results) if v.speaker}
     unlabelled = {vid: emb for (vid, v), (emb, _) in zip(new, results) if not v.speaker}
-    assigned = assign_groups(unlabelled, {**known, **labelled}, threshold)
-    grouped, retry = dict(groups), set()
+    grouping = group_videos(unlabelled, {**known, **labelled}, threshold)
+    grouped, retry = dict(done.groups), set()
     for (vid, v), (emb, error) in zip(new, results):
         if error and error.startswith(RETRYABLE):
             log.warning("identity pass: %s not grouped (%s); its chunk waits for the next run", v.source, error)
             retry.add(vid)
             continue
-        grouped[vid] = labelled[vid][0] if v.speaker else assigned[vid] if len(emb) else split_group(None, vid)
+        grouped[vid] = labelled[vid][0] if v.speaker else grouping.groups[vid] if len(emb) else split_group(None, vid)
     check_group_share(cfg, grouped)  # before anything is written
+    left_out = {} if ambiguous == "keep" else unsure_videos(
+        {vid: r for vid, r in grouping.rivals.items() if vid not in retry}, grouped, float(cfg["split"]["val_fraction"]))
+    if left_out:
+        log.info("identity pass: %d of %d new videos left out of both splits: their faces lie about as near "
+                 "to groups on both sides (identity.ambiguous=keep keeps them)", len(left_out), len(new))
     rows = [{"video_id": vid, "source": v.source, "group": grouped[vid], "backend": backend,
-             "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [], "error": error}
+             "n_faces": len(emb), "embeddings": emb.reshape(-1).tolist() if len(emb) else [], "error": error,
+             "left_out": left_out.get(vid)}
             for (vid, v), (emb, error) in zip(new, results) if vid not in retry]
+    result = Identities(grouped, {**done.left_out, **left_out})
     if not rows:
-        return grouped
+        return result
     number = len([n for n in out.list(IDENTITY_DIR) if n.endswith(".parquet")])
     out.write_parquet(identity_name(number), pa.Table.from_pylist(rows, schema=IDENTITY_SCHEMA))
-    return grouped
-
+    return result

@@ -195,14 +195,17 @@ class ChunkState:
 class Scheduler:
     def __init__(self, cfg: Mapping[str, Any], cpu: ActorPool, model: ActorPool,
                  on_chunk: Callable[[ChunkState], None], progress: Progress,
-                 journal: ClipSpill | None = None):
+                 journal: ClipSpill | None = None, left_out: Mapping[str, str] | None = None):
         """``journal``: each kept clip goes to ``journal.put`` as its model call returns, and what
         that returns is held for the chunk in place of the reference; plans and rejected clips
-        are journaled too, and a chunk's earlier journal is taken back (``pipeline.spill``)."""
+        are journaled too, and a chunk's earlier journal is taken back (``pipeline.spill``).
+        ``left_out``: video id -> why it is in neither split (``pipeline.identity``): its clips
+        are rejected once planned, before any is prepared."""
         ray_cfg = cfg["ray"]
         self.cpu, self.model = cpu, model
         self.on_chunk = on_chunk
         self.journal = journal
+        self.left_out = dict(left_out or {})
         self.resumed = {"videos": 0, "clips": 0}  # taken back from an earlier run's journal
         self.progress = progress
         self.max_prepared = max_prepared_clips(ray_cfg["max_prepared_clips"], len(cpu.actors), len(model.actors))
@@ -458,6 +461,9 @@ class Scheduler:
         ``journaled``: it came from the journal). Its candidate clips a journal holds as final
         are final at once; the others queue for preparing."""
         state = self.chunks[video.chunk]
+        if video.video_id in self.left_out:
+            for clip in clips:
+                clip.reject("identity", "ambiguous_identity", self.left_out[video.video_id])
         if record:
             state.videos.append(video)
             if self.journal and not journaled:

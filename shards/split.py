@@ -4,6 +4,10 @@ else by source video, never by clip.
 A group's split is a pure function of its name: the first 8 bytes of its sha256 as a fraction of
 2**64, "val" when below ``val_fraction``. Every clip of a speaker (or video) lands on the same
 side, in every run and every resume, whatever else is in the input.
+
+A video whose face could be one of several groups' (``shards.identity.Grouping.rivals``) is in
+neither split when those groups lie on both sides (``unsure_videos``): wherever it went, it could
+be a validation person's video in training, or the reverse.
 """
 from __future__ import annotations
 
@@ -33,6 +37,26 @@ def assign_split(group: str, val_fraction: float) -> str:
 
 def split_of(speaker: str | None, video_id: str, val_fraction: float, identity: str | None = None) -> str:
     return assign_split(split_group(speaker, video_id, identity), val_fraction)
+
+
+def unsure_videos(rivals: Mapping[str, frozenset[str] | None], group_of: Mapping[str, str],
+                  val_fraction: float) -> dict[str, str]:
+    """video id -> why it is in neither split, for the videos with rivals (video id -> the other
+    groups it could belong to, or None when too many lie as near to tell) whose rivals' splits
+    differ from its own group's (``group_of``). Nothing when the split puts every group on one side."""
+    if val_fraction <= 0.0 or val_fraction >= 1.0:
+        return {}
+    unsure = {}
+    for video, others in sorted(rivals.items()):
+        if others is None:
+            unsure[video] = "its face lies about as near to many other videos as to its nearest"
+            continue
+        split = assign_split(group_of[video], val_fraction)
+        across = sorted(g for g in others if assign_split(g, val_fraction) != split)
+        if across:
+            unsure[video] = (f"its face lies about as near to {', '.join(across[:3])} ({'train' if split == VAL else 'val'})"
+                             f" as to {group_of[video]} ({split})")
+    return unsure
 
 
 def size_buckets(sizes: Iterable[int]) -> dict[str, int]:

@@ -11,11 +11,11 @@ import pytest
 
 from configs import load_config, to_dict
 from pipeline.decode import iter_video_chunks
-from pipeline.identity import identity_groups, read_identities
+from pipeline.identity import Identities, identity_groups, read_identities
 from pipeline.inputs import InputVideo, video_id
 from pipeline.outdir import OutputDir
-from shards.identity import assign_groups, identity_group, nearest, pooled
-from shards.split import assign_split, split_group
+from shards.identity import assign_groups, group_videos, identity_group, nearest, pooled
+from shards.split import assign_split, split_group, unsure_videos
 
 
 def unit(*values: float) -> np.ndarray:
@@ -115,11 +115,44 @@ def test_a_calibrated_world_of_300_people_splits_by_person(world, backend):
 
     people = make_world(world, 300, seed=3)
     ids = [f"v{i:05d}" for i in range(len(people.person))]
-    groups = assign_groups(dict(zip(ids, people.frames)), {}, identity_threshold(backend))
-    figures = score(people.person, [groups[i] for i in ids], 0.1)
+    grouping = group_videos(dict(zip(ids, people.frames)), {}, identity_threshold(backend))
+    left_out = unsure_videos(grouping.rivals, grouping.groups, 0.1)
+    figures = score(people.person, [grouping.groups[i] for i in ids], 0.1, np.asarray([i in left_out for i in ids]))
     assert figures["largest_group_share"] <= 0.01, figures
     assert figures["people_in_both_splits"] == 0, figures
+    assert figures["left_out_share"] <= 0.04, figures
     assert figures["groups"] >= 200, figures  # not one group, nor a few
+
+
+def hash_value(group: str) -> float:
+    return int.from_bytes(__import__("hashlib").sha256(group.encode()).digest()[:8], "big") / 2**64
+
+
+def test_a_lone_video_as_near_to_groups_on_both_sides_is_in_neither_split():
+    """A video alone after the merges whose nearest videos, within 1.05 x the nearest, lie in
+    groups the split sends to both sides is left out; on one side, it stays; among more equally
+    near videos than it saw, it is left out whatever their sides."""
+    a = {f"a{i}": unit(0.05 * i, 0) for i in range(3)}
+    b = {f"b{i}": unit(1.2 + 0.05 * i, 0) for i in range(3)}
+    lone = {"lone": unit(0.65, 0.9)}  # 1.03 from a2, 1.00 from b0: alone, near both
+    grouping = group_videos({**a, **b, **lone}, {}, 0.6)
+    groups = grouping.groups
+    assert groups["a0"] == groups["a2"] != groups["b0"] == groups["b2"] and groups["lone"] == "face:lone"
+    assert grouping.rivals == {"lone": frozenset({groups["a0"], groups["b0"]})}
+    values = sorted(hash_value(g) for g in (groups["a0"], groups["b0"], "face:lone"))
+    assert set(unsure_videos(grouping.rivals, groups, (values[0] + values[1]) / 2)) == {"lone"}
+    assert set(unsure_videos(grouping.rivals, groups, (values[1] + values[2]) / 2)) == {"lone"}
+    assert unsure_videos(grouping.rivals, groups, values[0] / 2) == {}  # all train
+    assert unsure_videos(grouping.rivals, groups, 0.0) == {} and unsure_videos(grouping.rivals, groups, 1.0) == {}
+    # Nearer one group by more than 5 %: its only rival is that group's... none across.
+    near_a = group_videos({**a, **b, "lone": unit(0.3, 0.9)}, {}, 0.6)
+    assert near_a.rivals["lone"] <= {near_a.groups["a0"]}
+    # Twelve videos 1.0 away in twelve directions, 1.41 from each other: it saw 10 of them, all as
+    # near; it cannot be placed.
+    spokes = {f"s{i:02d}": np.eye(13, dtype=np.float32)[i:i + 1] for i in range(12)}
+    crowded = group_videos({**spokes, "hub": np.zeros((1, 13), np.float32)}, {}, 0.6)
+    assert crowded.rivals["hub"] is None
+    assert set(unsure_videos(crowded.rivals, crowded.groups, 0.5)) >= {"hub"}
 
 
 def test_guard_stops_on_one_large_face_group(caplog):
@@ -176,9 +209,15 @@ def cfg() -> dict:
 def test_same_person_in_two_files_lands_in_one_split(videos, cfg, tmp_path):
     out = OutputDir(str(tmp_path / "out"))
     inputs = [InputVideo(str(videos[n])) for n in ("d14_a", "d14_b", "d20")]
-    groups = identity_groups(cfg, out, inputs)
+    found = identity_groups(cfg, out, inputs)
+    groups = found.groups
     a, b, other = (groups[video_id(str(videos[n]))] for n in ("d14_a", "d14_b", "d20"))
     assert a == b and a.startswith("face:") and other != a
+    # d20 is alone, its nearest videos both d14's (0.65-0.69): left out of both splits exactly
+    # when its group and d14's lie on different sides (the ids, so the sides, follow tmp paths).
+    fraction = cfg["split"]["val_fraction"]
+    apart_sides = assign_split(a, fraction) != assign_split(other, fraction)
+    assert set(found.left_out) == ({video_id(str(videos["d20"]))} if apart_sides else set()), found.left_out
     stored = read_identities(out)
     assert len(stored) == 3 and all(r["n_faces"] == 2 and r["error"] is None for r in stored)
     # One person well under the 0.6 threshold (0.31-0.34 measured), two people over it (0.65-0.69).
@@ -198,11 +237,12 @@ def test_same_person_in_two_files_lands_in_one_split(videos, cfg, tmp_path):
     # A grown input: earlier groups are read back, not recomputed; a new file of the same person
     # joins the group; a speaker column still wins.
     grown = [*inputs, InputVideo(str(videos["d14_c"]))]
-    regrouped = identity_groups(cfg, out, grown)
+    regrouped = identity_groups(cfg, out, grown).groups
     assert {k: regrouped[k] for k in groups} == groups
     assert regrouped[video_id(str(videos["d14_c"]))] == a
     assert len(read_identities(out)) == 4 and len(out.list("identity")) == 2
-    assert identity_groups(cfg, out, grown) == regrouped  # nothing new: nothing written
+    again = identity_groups(cfg, out, grown)  # nothing new: nothing written, the decisions kept
+    assert again.groups == regrouped and set(again.left_out) == set(found.left_out)
     assert len(out.list("identity")) == 2
     assert split_group("ann", video_id(str(videos["d14_a"])), a) == "speaker:ann"
 
@@ -211,10 +251,10 @@ def test_unreadable_video_keeps_its_own_group(cfg, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video")
     out = OutputDir(str(tmp_path / "out"))
-    groups = identity_groups(cfg, out, [InputVideo(str(bad))])
+    groups = identity_groups(cfg, out, [InputVideo(str(bad))]).groups
     assert groups == {video_id(str(bad)): f"video:{video_id(str(bad))}"}
     assert read_identities(out)[0]["error"]
-    assert identity_groups({**cfg, "identity": {**cfg["identity"], "backend": "none"}}, out, []) == {}
+    assert identity_groups({**cfg, "identity": {**cfg["identity"], "backend": "none"}}, out, []) == Identities()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +370,7 @@ def test_identity_pass_with_the_arcface_backend(videos, cfg, tmp_path):
     arc = {**cfg, "identity": {**cfg["identity"], "backend": "insightface",
                                "weights": str(tmp_path / "w600k_r50.onnx")}}
     inputs = [InputVideo(str(videos[n])) for n in ("d14_a", "d20")]
-    groups = identity_groups(arc, out, inputs)
+    groups = identity_groups(arc, out, inputs).groups
     assert set(groups) == {video_id(str(videos[n])) for n in ("d14_a", "d20")}
     stored = read_identities(out)
     assert [r["backend"] for r in stored] == ["insightface_w600k_r50"] * 2

@@ -4,15 +4,24 @@ records how the split came out, and the group-share guard stops a run before any
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 
 from pipeline.build_shards import main
+from pipeline.inputs import content_id
+from shards.identity import identity_group
+from shards.split import assign_split
 from tests.pipeline_kit import TEST_OVERRIDES, cut, manifests, ray_session, run_json  # noqa: F401
 
 pytestmark = pytest.mark.slow
+
+
+def hash_value(group: str) -> float:
+    """Where a group's name falls in [0, 1): below ``split.val_fraction``, it is in validation."""
+    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +63,11 @@ def test_two_absolute_paths_give_byte_identical_shards(folder: Path, tmp_path: P
     kept = [c for c in clips_a if c["kept"]]
     assert split["val_share_clips"] == pytest.approx(sum(c["split"] == "val" for c in kept) / len(kept))
     assert split["sizes"] == {"1": 1, "2-3": 1}
+    # d20 is alone, its nearest videos both d14's (0.65-0.69 away): in neither split exactly when
+    # the two groups lie on different sides.
+    apart = assign_split(groups["d14_a.mp4"], 0.5) != assign_split(groups["d20.mp4"], 0.5)
+    assert split["left_out_videos"] == int(apart)
+    assert all((c["reason"] == "ambiguous_identity") == apart for c in clips_a if c["source"].endswith("d20.mp4"))
 
 
 def test_guard_stops_before_anything_is_written(folder: Path, tmp_path: Path, caplog, ray_session):  # noqa: F811
@@ -72,10 +86,16 @@ def test_guard_stops_before_anything_is_written(folder: Path, tmp_path: Path, ca
 
 def test_speakers_read_from_paths_decide_the_split(folder: Path, tmp_path: Path, ray_session):  # noqa: F811
     """``split.speaker_pattern`` labels the two d14 cuts from their names; the d20 cut, unmatched,
-    keeps its face group; the labels reach the manifests, the split groups and run.json."""
+    keeps its face group; the labels reach the manifests, the split groups and run.json. The
+    validation share is set between the two groups' hash values: d20, alone and nearest to d14's
+    videos, could be either side's, and is left out of both, its clips rejected before any model."""
+    d14, d20 = "speaker:d14", identity_group(content_id(str(folder / "d20.mp4")))
+    between = (hash_value(d14) + hash_value(d20)) / 2
+    assert assign_split(d14, between) != assign_split(d20, between)
     out = tmp_path / "out"
     assert main(["--input", str(folder), "--output", str(out), "--random-weights", *TEST_OVERRIDES,
-                 "identity.frames=2", r"split.speaker_pattern=^(?P<speaker>d\d+)_"]) == 0
+                 "identity.frames=2", r"split.speaker_pattern=^(?P<speaker>d\d+)_",
+                 f"split.val_fraction={between!r}"]) == 0
     videos, clips = manifests(out)
     speaker = {Path(v["source"]).name: v["speaker"] for v in videos}
     assert speaker == {"d14_a.mp4": "d14", "d14_b.mp4": "d14", "d20.mp4": None}
@@ -86,3 +106,8 @@ def test_speakers_read_from_paths_decide_the_split(folder: Path, tmp_path: Path,
     split = run_json(out)["split"]
     assert split["groups"] == 2
     assert split["speaker_pattern"] == {"pattern": r"^(?P<speaker>d\d+)_", "matched": 2, "listed": 0, "unmatched": 1}
+    d20_clips = [c for c in clips if c["source"].endswith("d20.mp4")]
+    assert d20_clips and all(not c["kept"] and (c["stage"], c["reason"]) == ("identity", "ambiguous_identity")
+                             and "speaker:d14" in c["error"] and c["shard"] is None for c in d20_clips)
+    rejections = run_json(out)["counts"]["clip_rejections"]
+    assert split["left_out_videos"] == 1 and rejections["identity/ambiguous_identity"] == len(d20_clips)
