@@ -225,8 +225,8 @@ def identity_groups(cfg: Mapping[str, Any], out: OutputDir, videos: Sequence[Inp
             continue
         grouped[vid] = labelled[vid][0] if v.speaker else grouping.groups[vid] if len(emb) else split_group(None, vid)
     check_group_share(cfg, grouped)  # before anything is written
-    left_out = {} if ambiguous == "keep" else unsure_videos(
-        {vid: r for vid, r in grouping.rivals.items() if vid not in retry}, grouped, float(cfg["split"]["val_fraction"]))
+    # (a video to embed again has no embedding, so no rivals)
+    left_out = {} if ambiguous == "keep" else unsure_videos(grouping.rivals, grouped, float(cfg["split"]["val_fraction"]))
     if left_out:
         log.info("identity pass: %d of %d new videos left out of both splits: their faces lie about as near "
                  "to groups on both sides (identity.ambiguous=keep keeps them)", len(left_out), len(new))

@@ -28,11 +28,15 @@ def split_group(speaker: str | None, video_id: str, identity: str | None = None)
     return identity if identity else f"video:{video_id}"
 
 
+def split_value(group: str) -> float:
+    """Where a group's name falls in [0, 1): the group is in validation below ``val_fraction``."""
+    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2.0**64
+
+
 def assign_split(group: str, val_fraction: float) -> str:
     if not 0.0 <= val_fraction <= 1.0:
         raise ValueError(f"split.val_fraction must be within [0, 1], got {val_fraction}")
-    value = int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2.0**64
-    return VAL if value < val_fraction else TRAIN
+    return VAL if split_value(group) < val_fraction else TRAIN
 
 
 def split_of(speaker: str | None, video_id: str, val_fraction: float, identity: str | None = None) -> str:

@@ -15,7 +15,7 @@ from pipeline.identity import Identities, identity_groups, read_identities
 from pipeline.inputs import InputVideo, video_id
 from pipeline.outdir import OutputDir
 from shards.identity import assign_groups, group_videos, identity_group, nearest, pooled
-from shards.split import assign_split, split_group, unsure_videos
+from shards.split import assign_split, split_group, split_value, unsure_videos
 
 
 def unit(*values: float) -> np.ndarray:
@@ -124,10 +124,6 @@ def test_a_calibrated_world_of_300_people_splits_by_person(world, backend):
     assert figures["groups"] >= 200, figures  # not one group, nor a few
 
 
-def hash_value(group: str) -> float:
-    return int.from_bytes(__import__("hashlib").sha256(group.encode()).digest()[:8], "big") / 2**64
-
-
 def test_a_lone_video_as_near_to_groups_on_both_sides_is_in_neither_split():
     """A video alone after the merges whose nearest videos, within 1.05 x the nearest, lie in
     groups the split sends to both sides is left out; on one side, it stays; among more equally
@@ -139,7 +135,7 @@ def test_a_lone_video_as_near_to_groups_on_both_sides_is_in_neither_split():
     groups = grouping.groups
     assert groups["a0"] == groups["a2"] != groups["b0"] == groups["b2"] and groups["lone"] == "face:lone"
     assert grouping.rivals == {"lone": frozenset({groups["a0"], groups["b0"]})}
-    values = sorted(hash_value(g) for g in (groups["a0"], groups["b0"], "face:lone"))
+    values = sorted(split_value(g) for g in (groups["a0"], groups["b0"], "face:lone"))
     assert set(unsure_videos(grouping.rivals, groups, (values[0] + values[1]) / 2)) == {"lone"}
     assert set(unsure_videos(grouping.rivals, groups, (values[1] + values[2]) / 2)) == {"lone"}
     assert unsure_videos(grouping.rivals, groups, values[0] / 2) == {}  # all train
@@ -229,8 +225,7 @@ def test_same_person_in_two_files_lands_in_one_split(videos, cfg, tmp_path):
     # between their groups' hash values.
     for fraction in np.linspace(0, 1, 21):
         assert assign_split(a, fraction) == assign_split(b, fraction)
-    values = sorted(int.from_bytes(__import__("hashlib").sha256(g.encode()).digest()[:8], "big") / 2**64
-                    for g in (a, other))
+    values = sorted(split_value(g) for g in (a, other))
     between = (values[0] + values[1]) / 2
     assert assign_split(a, between) != assign_split(other, between)
 

@@ -4,7 +4,6 @@ records how the split came out, and the group-share guard stops a run before any
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -13,15 +12,10 @@ import pytest
 from pipeline.build_shards import main
 from pipeline.inputs import content_id
 from shards.identity import identity_group
-from shards.split import assign_split
+from shards.split import assign_split, split_value
 from tests.pipeline_kit import TEST_OVERRIDES, cut, manifests, ray_session, run_json  # noqa: F401
 
 pytestmark = pytest.mark.slow
-
-
-def hash_value(group: str) -> float:
-    """Where a group's name falls in [0, 1): below ``split.val_fraction``, it is in validation."""
-    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "big") / 2**64
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +84,7 @@ def test_speakers_read_from_paths_decide_the_split(folder: Path, tmp_path: Path,
     validation share is set between the two groups' hash values: d20, alone and nearest to d14's
     videos, could be either side's, and is left out of both, its clips rejected before any model."""
     d14, d20 = "speaker:d14", identity_group(content_id(str(folder / "d20.mp4")))
-    between = (hash_value(d14) + hash_value(d20)) / 2
+    between = (split_value(d14) + split_value(d20)) / 2
     assert assign_split(d14, between) != assign_split(d20, between)
     out = tmp_path / "out"
     assert main(["--input", str(folder), "--output", str(out), "--random-weights", *TEST_OVERRIDES,
